@@ -1,0 +1,228 @@
+"""One dataset's analysis state, shared by every user of a server process.
+
+:class:`DatasetAnalysis` holds what does not depend on the discriminant (mass-bin indices, the
+event table of the two leading jets, QCD reference masks) and small caches of what does
+(class-set sums, discriminant values). Every method is a pure function of its arguments plus
+those caches, so concurrent sessions can call it freely; caches are guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+
+from sophon.discriminant import Discriminant, event_sum
+from sophon.labels import mask as class_mask
+from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, EfficiencyScan,
+                             MassBinning, SignificanceCurve, significance_scan)
+from sophon.store import JetDataset
+
+__all__ = ["DatasetAnalysis", "EventTable", "DIJET_MASS_BINNING"]
+
+DIJET_MASS_BINNING = MassBinning(bins=100, low=0.0, high=5000.0)
+EfficiencyReference = Literal["all", "QCD"]
+
+
+class _BoundedCache(OrderedDict):
+    """A least-recently-used mapping holding at most ``size`` entries."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """The events of a dataset, built from their two leading jets (``jet_rank`` 0 and 1).
+
+    ``event_of_jet`` (N,) dense event number of each jet; ``leading`` (N,) bool: the jet is one of
+    the two leading jets; per event: ``weight``, ``process_code``, ``dijet_mass`` (GeV, NaN when
+    the event has fewer than two jets).
+    """
+
+    event_of_jet: np.ndarray
+    leading: np.ndarray
+    weight: np.ndarray
+    process_code: np.ndarray
+    dijet_mass: np.ndarray
+
+    @property
+    def n_events(self) -> int:
+        return len(self.weight)
+
+
+class DatasetAnalysis:
+    """Discriminant scans on one :class:`~sophon.store.JetDataset`."""
+
+    def __init__(self, dataset: JetDataset, *, binning: MassBinning = DEFAULT_MASS_BINNING,
+                 cache_size: int = 8):
+        self.dataset = dataset
+        self.binning = binning
+        self._lock = threading.Lock()
+        self._class_sums = _BoundedCache(cache_size)
+        self._values = _BoundedCache(cache_size)
+
+    # --- discriminant-independent arrays ------------------------------------------------------
+    @cached_property
+    def mass_index(self) -> np.ndarray:
+        return self.binning.index(self.dataset.column("jet_sdmass"))
+
+    @cached_property
+    def qcd_reference(self) -> np.ndarray:
+        """(N,) bool: QCD jets, by ``process`` when present, else by true class."""
+        dataset = self.dataset
+        if dataset.has("process"):
+            names = dataset.process_names
+            if "QCD" in names:
+                return dataset.process_codes == names.index("QCD")
+        if dataset.has("jet_label"):
+            return class_mask("QCD")[dataset.column("jet_label")]
+        raise ValueError(f"{dataset.path}: no 'process' or 'jet_label' column to find QCD jets")
+
+    @property
+    def has_events(self) -> bool:
+        return self.dataset.has("event_id") and self.dataset.has("jet_rank")
+
+    @cached_property
+    def events(self) -> EventTable:
+        dataset = self.dataset
+        if not self.has_events:
+            raise ValueError(f"{dataset.path}: event-level views need 'event_id' and 'jet_rank'")
+        _, event_of_jet = np.unique(dataset.column("event_id"), return_inverse=True)
+        event_of_jet = event_of_jet.astype(np.int64)
+        n_events = int(event_of_jet.max()) + 1
+        leading = dataset.column("jet_rank") < 2
+        pt, eta, phi = (dataset.column(c).astype(np.float64) for c in ("jet_pt", "jet_eta", "jet_phi"))
+        energy = dataset.column("jet_energy").astype(np.float64)
+        four_momentum = [event_sum(x, event_of_jet, n_events, leading)
+                         for x in (energy, pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta))]
+        e, px, py, pz = four_momentum
+        jets_per_event = np.bincount(event_of_jet[leading], minlength=n_events)
+        dijet_mass = np.sqrt(np.clip(e**2 - px**2 - py**2 - pz**2, 0, None))
+        dijet_mass[jets_per_event < 2] = np.nan
+        first_jet = np.zeros(n_events, dtype=np.int64)
+        first_jet[event_of_jet[::-1]] = np.arange(len(event_of_jet))[::-1]
+        return EventTable(event_of_jet=event_of_jet, leading=leading,
+                          weight=dataset.weights[first_jet],
+                          process_code=dataset.process_codes[first_jet], dijet_mass=dijet_mass)
+
+    # --- discriminant values ------------------------------------------------------------------
+    def discriminant(self, discriminant: Discriminant) -> np.ndarray:
+        """Jet-level D (N,) float32."""
+        return self._cached_values(("D", discriminant), lambda: discriminant.evaluate(
+            self.dataset.scores, self._class_sums_locked()))
+
+    def log_odds(self, discriminant: Discriminant) -> np.ndarray:
+        """Jet-level ln(g_A/g_B) (N,) float32: same order as D, resolvable at tight cuts."""
+        return self._cached_values(("log_odds", discriminant), lambda: discriminant.log_odds(
+            self.dataset.scores, self._class_sums_locked()))
+
+    def event_discriminant(self, discriminant: Discriminant) -> np.ndarray:
+        """Per event: the sum of D over the two leading jets (eq. 7), float64 (events,)."""
+        events = self.events
+        return event_sum(self.discriminant(discriminant).astype(np.float64), events.event_of_jet,
+                         events.n_events, events.leading)
+
+    def _class_sums_locked(self):
+        # the discriminant reads and fills the class-sum cache; hand it a view that locks
+        return _LockedMapping(self._class_sums, self._lock)
+
+    def _cached_values(self, key, compute) -> np.ndarray:
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+        values = compute()
+        values.flags.writeable = False
+        with self._lock:
+            self._values[key] = values
+        return values
+
+    # --- scans --------------------------------------------------------------------------------
+    def jet_scan(self, discriminant: Discriminant, *,
+                 efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
+                 reference: EfficiencyReference = "all",
+                 subset: np.ndarray | None = None) -> EfficiencyScan:
+        """Jet mSD spectra at each efficiency of ``discriminant``; efficiencies count all jets'
+        weight or only QCD jets' (``reference``). ``subset``: optional jet indices to histogram
+        (e.g. a latent-space selection) with the thresholds still set on the whole dataset."""
+        values = self.log_odds(discriminant)
+        dataset = self.dataset
+        reference_mask = None if reference == "all" else self.qcd_reference
+        scan = EfficiencyScan.build(values, self.mass_index, dataset.weights,
+                                    dataset.process_codes, dataset.process_names,
+                                    efficiencies=efficiencies, reference=reference_mask,
+                                    binning=self.binning)
+        if subset is None:
+            return scan
+        return _rebin_subset(scan, values, self.mass_index, dataset.weights,
+                             dataset.process_codes, np.asarray(subset))
+
+    def event_scan(self, discriminant: Discriminant, *,
+                   efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
+                   binning: MassBinning = DIJET_MASS_BINNING) -> EfficiencyScan:
+        """Dijet-mass spectra at each event efficiency of the event-level D."""
+        events = self.events
+        return EfficiencyScan.build(self.event_discriminant(discriminant),
+                                    binning.index(events.dijet_mass), events.weight,
+                                    events.process_code, self.dataset.process_names,
+                                    efficiencies=efficiencies, binning=binning)
+
+    def significance(self, discriminant: Discriminant, signal: str,
+                     window: tuple[float, float]) -> SignificanceCurve:
+        """Z of process ``signal`` in the jet mSD window (GeV) versus background efficiency."""
+        dataset = self.dataset
+        return significance_scan(self.log_odds(discriminant), self.mass_index, dataset.weights,
+                                 dataset.process_codes, dataset.process_names, signal, window,
+                                 binning=self.binning)
+
+    def top_classes(self, rows: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """For jets ``rows``: the indices (len, k) and probabilities (len, k) of their k most
+        probable classes, most probable first."""
+        scores = self.dataset.scores[np.asarray(rows)]
+        top = np.argsort(-scores, axis=1)[:, :k]
+        return top, np.take_along_axis(scores, top, axis=1)
+
+
+class _LockedMapping:
+    """The small mapping protocol Discriminant.components uses, under a lock."""
+
+    def __init__(self, mapping, lock):
+        self._mapping, self._lock = mapping, lock
+
+    def __contains__(self, key):
+        with self._lock:
+            return key in self._mapping
+
+    def __getitem__(self, key):
+        with self._lock:
+            return self._mapping[key]
+
+    def __setitem__(self, key, value):
+        with self._lock:
+            self._mapping[key] = value
+
+
+def _rebin_subset(scan: EfficiencyScan, values, mass_index, weights, process_codes,
+                  subset: np.ndarray) -> EfficiencyScan:
+    """The same thresholds as ``scan``, histogramming only the jets ``subset``."""
+    return EfficiencyScan.from_thresholds(values[subset], mass_index[subset], weights[subset],
+                                          process_codes[subset], scan.process_names,
+                                          efficiencies=scan.efficiencies,
+                                          thresholds=scan.thresholds, binning=scan.binning)

@@ -1,0 +1,282 @@
+"""Efficiency scans: thresholds on a discriminant, mass spectra at each efficiency, significance.
+
+The central object is :class:`EfficiencyScan`. For one discriminant it finds the thresholds that
+keep weighted fractions ``efficiencies`` of the jets (or of a reference subset such as QCD) and,
+in the same single pass over the jets, fills a cube ``sum_of_weights[level, process, mass_bin]``
+of the jets passing each threshold. Every view (the spectrum at each efficiency, the per-process
+stack, the yield, the significance in a mass window) is then a sum over that small cube, so
+moving between efficiencies never touches the jets again.
+
+Thresholds are found exactly without sorting all jets: the discriminant's float32 bit patterns
+are bucketed (monotonic in value), the bucket holding each cut is located from cumulative bucket
+weights, and only the jets of those few buckets are sorted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sophon.stats import asimov_significance
+
+__all__ = [
+    "DEFAULT_EFFICIENCIES",
+    "MassBinning",
+    "DEFAULT_MASS_BINNING",
+    "thresholds_for_efficiencies",
+    "EfficiencyScan",
+    "significance_scan",
+    "SignificanceCurve",
+]
+
+# 1, 10^-0.5, ..., 10^-4: the nine efficiencies of the paper's Fig. 3.
+DEFAULT_EFFICIENCIES = 10.0 ** -np.arange(0.0, 4.01, 0.5)
+_BUCKET_SHIFT = 12  # 2^20 buckets over the float32 range: a cut's bucket holds few jets
+
+
+@dataclass(frozen=True)
+class MassBinning:
+    """Regular bins of soft-drop (or dijet) mass in GeV."""
+
+    bins: int = 100
+    low: float = 0.0
+    high: float = 500.0
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.low, self.high, self.bins + 1)
+
+    @property
+    def centers(self) -> np.ndarray:
+        edges = self.edges
+        return 0.5 * (edges[1:] + edges[:-1])
+
+    def index(self, mass: np.ndarray) -> np.ndarray:
+        """Bin index per jet as int32: 0 underflow, 1..bins the bins, bins+1 overflow or NaN."""
+        scaled = (np.asarray(mass, dtype=np.float64) - self.low) * (self.bins / (self.high - self.low))
+        index = np.floor(scaled)
+        index = np.where(np.isnan(index), self.bins, index)
+        return (np.clip(index, -1, self.bins) + 1).astype(np.int32)
+
+
+DEFAULT_MASS_BINNING = MassBinning()
+
+
+def _sortable_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order equals the float32 order of ``values`` (-inf < ... < +inf)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+    # negative floats: flip every bit; positive: flip the sign bit (arithmetic shift gives the mask)
+    flip = (bits >> 31) | np.int32(-0x80000000)
+    return (bits ^ flip).view(np.uint32)
+
+
+def thresholds_for_efficiencies(values: np.ndarray, weights: np.ndarray,
+                                efficiencies: Sequence[float],
+                                reference: np.ndarray | None = None) -> np.ndarray:
+    """Cuts ``t`` such that jets with ``values >= t`` carry the fraction ``efficiency`` of the
+    weight of the ``reference`` jets (all jets if None).
+
+    Exact definition: sort the reference jets by value, highest first, and accumulate weight;
+    ``t`` is the value of the first jet at which the accumulated weight reaches
+    ``efficiency * total``. Jets tied at ``t`` all pass. Returns float32 (len(efficiencies),);
+    ``+inf`` where the reference has no weight.
+    """
+    efficiencies = np.asarray(efficiencies, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float32)
+    weights = np.asarray(weights, dtype=np.float64)
+    if reference is not None:
+        values, weights = values[reference], weights[reference]
+    total = weights.sum()
+    result = np.full(efficiencies.shape, np.inf, dtype=np.float32)
+    if total <= 0:
+        return result
+    keys = _sortable_keys(values)
+    buckets = keys >> _BUCKET_SHIFT
+    n_buckets = 1 << (32 - _BUCKET_SHIFT)
+    bucket_weight = np.bincount(buckets, weights=weights, minlength=n_buckets)
+    # weight strictly above each bucket, scanning from the highest bucket down
+    above = np.concatenate([np.cumsum(bucket_weight[::-1])[::-1][1:], [0.0]])
+    targets = efficiencies * total * (1 - 1e-12)  # tolerance for rounding in the sums
+    # weight at or above each bucket is non-increasing in the bucket number; the cut's bucket is
+    # the highest one where it still reaches the target
+    at_or_above = above + bucket_weight
+    cut_buckets = np.searchsorted(-at_or_above, -targets, side="right") - 1
+    cut_buckets = np.clip(cut_buckets, 0, n_buckets - 1)
+    is_cut_bucket = np.zeros(n_buckets, dtype=bool)
+    is_cut_bucket[cut_buckets] = True
+    candidates = np.flatnonzero(is_cut_bucket[buckets])
+    order = candidates[np.argsort(keys[candidates], kind="stable")[::-1]]
+    candidate_buckets = buckets[order]
+    for i, (target, bucket) in enumerate(zip(targets, cut_buckets)):
+        members = order[candidate_buckets == bucket]
+        if members.size == 0:
+            continue
+        accumulated = above[bucket] + np.cumsum(weights[members])
+        position = int(np.searchsorted(accumulated, target, side="left"))
+        position = min(position, members.size - 1)
+        result[i] = values[members[position]]
+    return result
+
+
+@dataclass
+class EfficiencyScan:
+    """Weighted mass spectra of the jets passing each of a list of efficiency cuts.
+
+    ``sum_of_weights`` and ``sum_of_weights_squared`` have shape (levels, processes, bins + 2)
+    (under- and overflow at both ends); ``jet_counts`` (levels, processes) counts raw jets.
+    Levels are nested: level ``l`` holds every jet with value >= ``thresholds[l]``.
+    """
+
+    efficiencies: np.ndarray
+    thresholds: np.ndarray
+    binning: MassBinning
+    process_names: tuple[str, ...]
+    sum_of_weights: np.ndarray
+    sum_of_weights_squared: np.ndarray
+    jet_counts: np.ndarray
+
+    @classmethod
+    def build(cls, values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
+              process_codes: np.ndarray, process_names: Sequence[str], *,
+              efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
+              reference: np.ndarray | None = None,
+              binning: MassBinning = DEFAULT_MASS_BINNING) -> EfficiencyScan:
+        """``values`` (N,) discriminant (any monotonic transform, e.g. log-odds);
+        ``mass_index`` (N,) from ``binning.index``; ``weights`` (N,) expected events;
+        ``process_codes`` (N,) into ``process_names``; ``reference`` (N,) bool: the jets whose
+        weight defines the efficiency (None: all jets)."""
+        efficiencies = np.asarray(efficiencies, dtype=np.float64)
+        if np.any(np.diff(efficiencies) > 0):
+            raise ValueError("efficiencies must be in decreasing order")
+        thresholds = thresholds_for_efficiencies(values, weights, efficiencies, reference)
+        return cls.from_thresholds(values, mass_index, weights, process_codes, process_names,
+                                   efficiencies=efficiencies, thresholds=thresholds,
+                                   binning=binning)
+
+    @classmethod
+    def from_thresholds(cls, values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
+                        process_codes: np.ndarray, process_names: Sequence[str], *,
+                        efficiencies: np.ndarray, thresholds: np.ndarray,
+                        binning: MassBinning = DEFAULT_MASS_BINNING) -> EfficiencyScan:
+        """Fill the cube for given (increasing) ``thresholds``, in one pass over the jets."""
+        n_levels, n_processes, n_bins = len(thresholds), len(process_names), binning.bins + 2
+        # how many of the (increasing) thresholds each jet passes: 0..n_levels
+        passed = np.searchsorted(thresholds, values, side="right").astype(np.int64)
+        flat = (passed * n_processes + process_codes) * n_bins + mass_index
+        size = (n_levels + 1) * n_processes * n_bins
+        shape = (n_levels + 1, n_processes, n_bins)
+        weights = np.asarray(weights, dtype=np.float64)
+        sum_w = np.bincount(flat, weights=weights, minlength=size).reshape(shape)
+        sum_w2 = np.bincount(flat, weights=weights * weights, minlength=size).reshape(shape)
+        counts = np.bincount(passed * n_processes + process_codes,
+                             minlength=(n_levels + 1) * n_processes).reshape(shape[:2])
+        # a jet passing k thresholds belongs to levels 0..k-1: reverse cumulative sum over k
+        return cls(efficiencies=np.asarray(efficiencies, dtype=np.float64),
+                   thresholds=np.asarray(thresholds), binning=binning,
+                   process_names=tuple(process_names),
+                   sum_of_weights=_passing(sum_w), sum_of_weights_squared=_passing(sum_w2),
+                   jet_counts=_passing(counts))
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.efficiencies)
+
+    def nearest_level(self, efficiency: float) -> int:
+        """The level whose efficiency is closest to ``efficiency`` in log scale."""
+        return int(np.argmin(np.abs(np.log10(self.efficiencies) - np.log10(efficiency))))
+
+    def spectrum(self, level: int, processes: Sequence[int] | None = None) -> np.ndarray:
+        """(bins,) summed weights in the mass bins (flow bins dropped) at ``level``."""
+        cube = self.sum_of_weights[level]
+        if processes is not None:
+            cube = cube[list(processes)]
+        return cube.sum(axis=0)[1:-1]
+
+    def spectrum_variance(self, level: int) -> np.ndarray:
+        return self.sum_of_weights_squared[level].sum(axis=0)[1:-1]
+
+    def stack(self, level: int) -> np.ndarray:
+        """(processes, bins) summed weights per process at ``level``."""
+        return self.sum_of_weights[level][:, 1:-1]
+
+    def selected_yield(self, level: int) -> float:
+        """Weighted events passing ``level``, all masses including under/overflow."""
+        return float(self.sum_of_weights[level].sum())
+
+    def selected_jets(self, level: int) -> int:
+        return int(self.jet_counts[level].sum())
+
+    def spectra(self) -> np.ndarray:
+        """(levels, bins) the spectrum at every level."""
+        return self.sum_of_weights.sum(axis=1)[:, 1:-1]
+
+    def to_hist(self, level: int):
+        """The stack at ``level`` as a scikit-hep ``hist.Hist`` (axes: process, mass [GeV])
+        with weighted storage (sum of weights and of weights squared), flow bins included."""
+        import hist
+
+        histogram = hist.Hist(
+            hist.axis.StrCategory(list(self.process_names), name="process"),
+            hist.axis.Regular(self.binning.bins, self.binning.low, self.binning.high,
+                              name="mass", label="mass [GeV]"),
+            storage=hist.storage.Weight(),
+        )
+        view = histogram.view(flow=True)
+        # the category axis has an overflow bin of its own; fill the named categories only
+        view.value[: len(self.process_names)] = self.sum_of_weights[level]
+        view.variance[: len(self.process_names)] = self.sum_of_weights_squared[level]
+        return histogram
+
+
+def _passing(per_passed_count: np.ndarray) -> np.ndarray:
+    """From histograms binned by 'number of thresholds passed' (k = 0..L) to the nested
+    histograms of level l = 0..L-1 (jets passing at least l + 1 thresholds)."""
+    return np.cumsum(per_passed_count[::-1], axis=0)[::-1][1:]
+
+
+@dataclass(frozen=True)
+class SignificanceCurve:
+    """Significance in a mass window versus background efficiency."""
+
+    background_efficiency: np.ndarray
+    thresholds: np.ndarray
+    signal: np.ndarray
+    background: np.ndarray
+    significance: np.ndarray
+    window: tuple[float, float]
+
+    @property
+    def best(self) -> int:
+        finite = np.where(np.isfinite(self.significance), self.significance, -1)
+        return int(np.argmax(finite))
+
+
+def significance_scan(values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
+                      process_codes: np.ndarray, process_names: Sequence[str], signal: str,
+                      window: tuple[float, float], *,
+                      background_efficiencies: Sequence[float] = 10.0 ** -np.linspace(0, 4, 41),
+                      binning: MassBinning = DEFAULT_MASS_BINNING) -> SignificanceCurve:
+    """Z = sqrt(2((s+b) ln(1+s/b) - s)) of process ``signal`` in the mass window (GeV, snapped
+    outward to bin edges) for cuts keeping the fractions ``background_efficiencies`` of the
+    background weight (all processes but ``signal``, all masses)."""
+    names = list(process_names)
+    if signal not in names:
+        raise ValueError(f"unknown signal process {signal!r}; processes are {names}")
+    signal_code = names.index(signal)
+    background = process_codes != signal_code
+    scan = EfficiencyScan.build(values, mass_index, weights, process_codes, names,
+                                efficiencies=background_efficiencies, reference=background,
+                                binning=binning)
+    low, high = sorted(window)
+    edges = binning.edges
+    first = int(np.clip(np.searchsorted(edges, low, side="right") - 1, 0, binning.bins - 1))
+    last = int(np.clip(np.searchsorted(edges, high, side="left"), first + 1, binning.bins))
+    in_window = scan.sum_of_weights[:, :, 1 + first: 1 + last].sum(axis=2)  # (levels, processes)
+    s = in_window[:, signal_code]
+    b = in_window.sum(axis=1) - s
+    return SignificanceCurve(background_efficiency=scan.efficiencies,
+                             thresholds=scan.thresholds, signal=s, background=b,
+                             significance=asimov_significance(s, b),
+                             window=(float(edges[first]), float(edges[last])))

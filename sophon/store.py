@@ -1,0 +1,352 @@
+"""The jet dataset store: one parquet file, or a directory of them, read lazily with polars.
+
+Layout (schema version 1), one row per jet:
+
+===================  ==============================  ==========================================
+column               type                            meaning
+===================  ==============================  ==========================================
+jet_pt, jet_energy   float32                         GeV
+jet_eta, jet_phi     float32
+jet_sdmass           float32                         soft-drop mass, GeV
+jet_nparticles       int32
+jet_tau1..jet_tau4   float32                         N-subjettiness
+jet_label            int32 (optional)                true JetClass-II class index, when known
+event_id, jet_rank   int64, int8 (optional)          event number; 0 = leading jet
+process              string (optional)               physics process, e.g. "QCD", "ttbar"
+weight               float64 (optional)              expected events at the dataset luminosity
+score_<label>        float32, 188 columns            class probabilities in JetClass-II order
+latent               fixed_size_list<float32>[128]   the class token entering the model head
+umap_x, umap_y       float32 (optional)              2-d embedding of ``latent``
+===================  ==============================  ==========================================
+
+Dataset metadata sits in each file's parquet key-value metadata under the key ``sophon`` as JSON
+(:class:`DatasetMetadata`): luminosity in fb^-1, the model id, the label list, the schema version.
+A dataset without a ``weight`` column is unweighted (every jet counts 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sophon.labels import LABELS, N_CLASSES
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SCORE_COLUMNS",
+    "JET_COLUMNS",
+    "LATENT_DIM",
+    "DatasetError",
+    "DatasetMetadata",
+    "JetDataset",
+    "write_dataset",
+    "write_table_atomic",
+    "dataset_files",
+]
+
+SCHEMA_VERSION = 1
+LATENT_DIM = 128
+SCORE_PREFIX = "score_"
+SCORE_COLUMNS: tuple[str, ...] = tuple(SCORE_PREFIX + label for label in LABELS)
+JET_COLUMNS: tuple[str, ...] = (
+    "jet_pt", "jet_eta", "jet_phi", "jet_energy", "jet_sdmass", "jet_nparticles",
+    "jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4",
+)
+METADATA_KEY = b"sophon"
+# float32 probabilities summed over 188 classes: rounding alone stays well below this.
+PROBABILITY_SUM_TOLERANCE = 2e-3
+
+
+class DatasetError(ValueError):
+    """A dataset file or directory is unusable; the message names the file, column or value."""
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """What a dataset says about itself. ``luminosity_fb`` is in fb^-1 (None: unweighted)."""
+
+    luminosity_fb: float | None = None
+    model_id: str = ""
+    labels: tuple[str, ...] = field(default=LABELS, repr=False)
+    schema_version: int = SCHEMA_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "labels": list(self.labels)})
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "") -> DatasetMetadata:
+        try:
+            raw = json.loads(text)
+            return cls(luminosity_fb=raw.get("luminosity_fb"), model_id=raw.get("model_id", ""),
+                       labels=tuple(raw.get("labels", LABELS)),
+                       schema_version=int(raw.get("schema_version", SCHEMA_VERSION)),
+                       extra=dict(raw.get("extra", {})))
+        except (ValueError, TypeError, AttributeError) as error:
+            raise DatasetError(f"{source}: unreadable 'sophon' metadata ({error})") from None
+
+
+def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write ``table`` to ``path`` through a temporary file in the same folder, then rename.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def write_dataset(path: str | os.PathLike, jets: Mapping[str, np.ndarray], *,
+                  scores: np.ndarray, latents: np.ndarray | None = None,
+                  metadata: DatasetMetadata = DatasetMetadata()) -> Path:
+    """Write one dataset file atomically.
+
+    ``jets``: 1-D columns of length N (jet kinematics, ``process``, ``weight``, ...);
+    ``scores``: (N, 188) probabilities in JetClass-II order; ``latents``: (N, 128) or None.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2 or scores.shape[1] != N_CLASSES:
+        raise DatasetError(f"{path}: scores must have shape (N, {N_CLASSES}), got {scores.shape}")
+    n_jets = scores.shape[0]
+    columns: dict[str, pa.Array] = {}
+    for name, values in jets.items():
+        array = pa.array(np.asarray(values)) if not isinstance(values, pa.Array) else values
+        if len(array) != n_jets:
+            raise DatasetError(f"{path}: column {name!r} has {len(array)} rows, scores have {n_jets}")
+        columns[name] = array
+    for index, name in enumerate(SCORE_COLUMNS):
+        columns[name] = pa.array(scores[:, index])
+    if latents is not None:
+        if latents.shape != (n_jets, LATENT_DIM):
+            raise DatasetError(f"{path}: latents must have shape ({n_jets}, {LATENT_DIM}), "
+                               f"got {latents.shape}")
+        columns["latent"] = _fixed_size_list(latents)
+    table = pa.table(columns).replace_schema_metadata({METADATA_KEY: metadata.to_json()})
+    return write_table_atomic(table, path)
+
+
+def dataset_files(path: str | os.PathLike) -> list[Path]:
+    """The parquet files of a dataset: the file itself, or a directory's ``*.parquet`` sorted."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise DatasetError(f"{path}: directory holds no .parquet files")
+        return files
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file or directory")
+    return [path]
+
+
+def _read_schema(file: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (OSError, pa.ArrowException) as error:
+        raise DatasetError(f"{file}: unreadable or truncated parquet file ({error})") from None
+
+
+def _check_score_columns(file: Path, names: Sequence[str]) -> None:
+    found = [n for n in names if n.startswith(SCORE_PREFIX)]
+    expected = set(SCORE_COLUMNS)
+    missing = [n for n in SCORE_COLUMNS if n not in set(found)]
+    extra = [n for n in found if n not in expected]
+    if extra:
+        raise DatasetError(f"{file}: unknown score column(s) {extra[:5]} "
+                           f"({len(found)} score columns, expected {N_CLASSES})")
+    if missing:
+        raise DatasetError(f"{file}: missing score column(s) {missing[:5]}"
+                           f"{' and more' if len(missing) > 5 else ''} "
+                           f"({len(found)} score columns, expected {N_CLASSES})")
+    for position, (got, want) in enumerate(zip(found, SCORE_COLUMNS)):
+        if got != want:
+            raise DatasetError(f"{file}: score columns out of JetClass-II order: position "
+                               f"{position} holds {got!r}, expected {want!r}")
+
+
+def _file_metadata(file: Path, schema: pa.Schema) -> DatasetMetadata:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    metadata = DatasetMetadata.from_json(raw, source=str(file)) if raw else DatasetMetadata()
+    if len(metadata.labels) != N_CLASSES:
+        raise DatasetError(f"{file}: metadata lists {len(metadata.labels)} classes, "
+                           f"expected {N_CLASSES}")
+    if tuple(metadata.labels) != LABELS:
+        position = next(i for i, (a, b) in enumerate(zip(metadata.labels, LABELS)) if a != b)
+        raise DatasetError(f"{file}: metadata label order differs from JetClass-II at index "
+                           f"{position}: {metadata.labels[position]!r} != {LABELS[position]!r}")
+    if metadata.schema_version > SCHEMA_VERSION:
+        raise DatasetError(f"{file}: schema version {metadata.schema_version} is newer than this "
+                           f"reader's {SCHEMA_VERSION}")
+    return metadata
+
+
+class JetDataset:
+    """A scored jet dataset, loaded column by column on demand and cached.
+
+    Arrays are numpy views over one contiguous copy per column; ``scores`` is (N, 188) float32 in
+    Fortran order so that a class-set sum reads only the columns it needs.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, validate: bool = True):
+        self.path = Path(path)
+        self.files = dataset_files(self.path)
+        schemas = [_read_schema(f) for f in self.files]
+        self.columns: tuple[str, ...] = tuple(schemas[0].names)
+        for file, schema in zip(self.files, schemas):
+            _check_score_columns(file, schema.names)
+            if tuple(schema.names) != self.columns:
+                raise DatasetError(f"{file}: columns differ from {self.files[0].name}")
+        metadatas = [_file_metadata(f, s) for f, s in zip(self.files, schemas)]
+        self.metadata = metadatas[0]
+        for file, metadata in zip(self.files, metadatas):
+            if metadata.luminosity_fb != self.metadata.luminosity_fb:
+                raise DatasetError(f"{file}: luminosity {metadata.luminosity_fb} fb^-1 differs "
+                                   f"from {self.metadata.luminosity_fb} in {self.files[0].name}")
+        self._lazy = pl.scan_parquet([str(f) for f in self.files])
+        self.n_jets = self._count_rows()
+        if self.n_jets == 0:
+            raise DatasetError(f"{self.path}: the dataset holds no jets")
+        self._cache: dict[str, np.ndarray] = {}
+        if validate:
+            self.validate()
+
+    def _count_rows(self) -> int:
+        total = 0
+        for file in self.files:
+            try:
+                total += pq.ParquetFile(file).metadata.num_rows
+            except (OSError, pa.ArrowException) as error:
+                raise DatasetError(f"{file}: unreadable or truncated parquet file ({error})") from None
+        return total
+
+    def __len__(self) -> int:
+        return self.n_jets
+
+    def __repr__(self) -> str:
+        return f"JetDataset({str(self.path)!r}, n_jets={self.n_jets})"
+
+    def has(self, column: str) -> bool:
+        return column in self.columns
+
+    def _collect(self, names: Sequence[str]) -> pl.DataFrame:
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise DatasetError(f"{self.path}: missing column(s) {missing}")
+        try:
+            return self._lazy.select(list(names)).collect()
+        except (pl.exceptions.PolarsError, OSError) as error:
+            raise DatasetError(f"{self.path}: cannot read column(s) {list(names)[:4]}: {error}") \
+                from None
+
+    def column(self, name: str) -> np.ndarray:
+        """One column as a read-only numpy array (cached). Strings come back as an object array."""
+        if name not in self._cache:
+            series = self._collect([name]).to_series()
+            array = series.to_numpy()
+            array.flags.writeable = False
+            self._cache[name] = array
+        return self._cache[name]
+
+    def frame(self, names: Sequence[str], rows: np.ndarray | None = None) -> pl.DataFrame:
+        """A polars DataFrame of ``names`` (for tables and downloads), optionally only ``rows``."""
+        frame = self._collect(names)
+        return frame if rows is None else frame[np.asarray(rows)]
+
+    @cached_property
+    def scores(self) -> np.ndarray:
+        """(N, 188) float32, Fortran order: column ``i`` is the probability of ``LABELS[i]``."""
+        matrix = np.asfortranarray(self._collect(SCORE_COLUMNS).to_numpy(), dtype=np.float32)
+        matrix.flags.writeable = False
+        return matrix
+
+    @cached_property
+    def latents(self) -> np.ndarray:
+        """(N, 128) float32 latent features."""
+        if "latent" not in self.columns:
+            raise DatasetError(f"{self.path}: dataset has no 'latent' column")
+        matrix = np.ascontiguousarray(self._collect(["latent"]).to_series().to_numpy(),
+                                      dtype=np.float32)
+        matrix.flags.writeable = False
+        return matrix
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """Per-jet weight in expected events at the dataset luminosity (ones if unweighted)."""
+        if "weight" not in self.columns:
+            return np.ones(self.n_jets, dtype=np.float64)
+        return self.column("weight").astype(np.float64, copy=False)
+
+    @cached_property
+    def process_names(self) -> tuple[str, ...]:
+        """Distinct ``process`` values, sorted; ``("all",)`` when the dataset has none."""
+        if "process" not in self.columns:
+            return ("all",)
+        return tuple(sorted(self._collect(["process"]).to_series().unique().to_list()))
+
+    @cached_property
+    def process_codes(self) -> np.ndarray:
+        """Per-jet index into :attr:`process_names` (int32)."""
+        if "process" not in self.columns:
+            return np.zeros(self.n_jets, dtype=np.int32)
+        lookup = pl.DataFrame({"process": list(self.process_names),
+                               "code": np.arange(len(self.process_names), dtype=np.int32)})
+        codes = self._collect(["process"]).join(lookup, on="process", how="left",
+                                                maintain_order="left")["code"].to_numpy()
+        return np.ascontiguousarray(codes, dtype=np.int32)
+
+    def validate(self) -> None:
+        """Check values: finite scores summing to 1, finite non-negative weights, finite masses."""
+        scores = self.scores
+        finite_rows = np.isfinite(scores).all(axis=1)
+        if not finite_rows.all():
+            row = int(np.argmin(finite_rows))
+            index = int(np.argmin(np.isfinite(scores[row])))
+            raise DatasetError(f"{self.path}: column {SCORE_COLUMNS[index]!r} holds "
+                               f"{scores[row, index]} (not finite) at row {row}")
+        sums = scores.sum(axis=1, dtype=np.float64)
+        bad = np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DatasetError(f"{self.path}: the 188 score columns sum to {sums[row]:.6f} at row "
+                               f"{row}; probabilities must sum to 1 within "
+                               f"{PROBABILITY_SUM_TOLERANCE}")
+        if "weight" in self.columns:
+            weight_series = self._collect(["weight"]).to_series()
+            if weight_series.null_count():
+                row = int(weight_series.is_null().arg_max())
+                raise DatasetError(f"{self.path}: column 'weight' is missing (null) at row {row}")
+            weights = self.weights
+            bad = ~np.isfinite(weights) | (weights < 0)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise DatasetError(f"{self.path}: column 'weight' holds {weights[row]} at row {row}"
+                                   "; weights must be finite and non-negative")
+        for name in ("jet_sdmass", "jet_pt"):
+            if name not in self.columns:
+                raise DatasetError(f"{self.path}: missing column {name!r}")
+            values = self.column(name)
+            if not np.isfinite(values).all():
+                row = int(np.argmin(np.isfinite(values)))
+                raise DatasetError(f"{self.path}: column {name!r} holds {values[row]} at row {row}")

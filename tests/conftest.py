@@ -1,0 +1,33 @@
+"""Shared fixtures: the reference folder beside the checkout, and a small synthetic dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """``../shared/reference`` beside the checkout; tests that need it skip when it is absent."""
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip("reference data ../shared/reference is not present")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def synthetic_path(tmp_path_factory) -> Path:
+    """A 20k-jet SYNTHETIC dataset file (test data only, not physics)."""
+    from sophon.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "jets.parquet",
+                                   20_000, seed=7)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(synthetic_path):
+    from sophon.store import JetDataset
+
+    return JetDataset(synthetic_path)

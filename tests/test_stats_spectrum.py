@@ -1,0 +1,124 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sophon.spectrum import (DEFAULT_EFFICIENCIES, EfficiencyScan, MassBinning,
+                             significance_scan, thresholds_for_efficiencies)
+from sophon.stats import asimov_significance
+
+
+def naive_thresholds(values, weights, efficiencies):
+    order = np.argsort(-values, kind="stable")
+    accumulated = np.cumsum(weights[order])
+    result = []
+    for efficiency in efficiencies:
+        position = np.searchsorted(accumulated, efficiency * weights.sum() * (1 - 1e-12))
+        result.append(values[order][min(position, len(values) - 1)])
+    return np.array(result, dtype=np.float32)
+
+
+def test_asimov_known_values():
+    assert asimov_significance(10.0, 10.0) == pytest.approx(math.sqrt(2 * (20 * math.log(2) - 10)))
+    # s << b: Z -> s / sqrt(b)
+    assert asimov_significance(1.0, 1e6) == pytest.approx(1e-3, rel=1e-3)
+    assert asimov_significance(0.0, 5.0) == 0.0
+    assert np.isinf(asimov_significance(3.0, 0.0))
+
+
+def test_default_efficiencies_are_the_nine_decades_halves():
+    np.testing.assert_allclose(DEFAULT_EFFICIENCIES, [10 ** (-k / 2) for k in range(9)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3000), st.integers(0, 2**31 - 1), st.booleans())
+def test_thresholds_equal_a_full_sort(n, seed, with_ties):
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=n).astype(np.float32)
+    if with_ties:
+        values = np.round(values, 1)
+        values[: n // 10] = np.inf
+    weights = rng.exponential(size=n)
+    efficiencies = np.sort(rng.uniform(1e-4, 1, 7))[::-1]
+    np.testing.assert_array_equal(thresholds_for_efficiencies(values, weights, efficiencies),
+                                  naive_thresholds(values, weights, efficiencies))
+
+
+def test_thresholds_keep_the_requested_weighted_fraction():
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=200_000).astype(np.float32)
+    weights = rng.exponential(size=values.size)
+    for efficiency, cut in zip(DEFAULT_EFFICIENCIES,
+                               thresholds_for_efficiencies(values, weights, DEFAULT_EFFICIENCIES)):
+        passing = weights[values >= cut].sum() / weights.sum()
+        strictly_above = weights[values > cut].sum() / weights.sum()
+        assert strictly_above < efficiency <= passing + 1e-12
+
+
+def test_reference_subset_sets_the_efficiency():
+    rng = np.random.default_rng(6)
+    values = rng.normal(size=10_000).astype(np.float32)
+    weights = np.ones(values.size)
+    reference = rng.random(values.size) < 0.3
+    cut = thresholds_for_efficiencies(values, weights, [0.1], reference)[0]
+    np.testing.assert_array_equal(cut, naive_thresholds(values[reference], weights[reference],
+                                                        [0.1])[0])
+
+
+def test_scan_spectra_equal_direct_histograms():
+    rng = np.random.default_rng(8)
+    n = 50_000
+    values = rng.normal(size=n).astype(np.float32)
+    mass = rng.uniform(-20, 600, n)
+    weights = rng.exponential(size=n)
+    processes = rng.integers(0, 3, n)
+    binning = MassBinning(50, 0, 500)
+    scan = EfficiencyScan.build(values, binning.index(mass), weights, processes, ["a", "b", "c"],
+                                binning=binning)
+    for level, cut in enumerate(scan.thresholds):
+        passing = values >= cut
+        expected, _ = np.histogram(mass[passing], bins=binning.edges, weights=weights[passing])
+        np.testing.assert_allclose(scan.spectrum(level), expected, rtol=1e-9, atol=1e-9)
+        expected_w2, _ = np.histogram(mass[passing], bins=binning.edges,
+                                      weights=weights[passing] ** 2)
+        np.testing.assert_allclose(scan.spectrum_variance(level), expected_w2, rtol=1e-9)
+        assert scan.selected_jets(level) == passing.sum()
+        assert scan.selected_yield(level) == pytest.approx(weights[passing].sum())
+        for code in range(3):
+            mine = passing & (processes == code)
+            expected, _ = np.histogram(mass[mine], bins=binning.edges, weights=weights[mine])
+            np.testing.assert_allclose(scan.stack(level)[code], expected, rtol=1e-9, atol=1e-9)
+    histogram = scan.to_hist(3)
+    np.testing.assert_allclose(histogram.values()[1], scan.stack(3)[1])
+    assert histogram.sum(flow=True).value == pytest.approx(scan.selected_yield(3))
+
+
+def test_significance_scan_matches_a_direct_count():
+    rng = np.random.default_rng(9)
+    n = 40_000
+    processes = rng.integers(0, 2, n)  # 0 = signal
+    mass = np.where(processes == 0, rng.normal(80, 5, n), rng.uniform(0, 500, n))
+    values = (rng.normal(size=n) + 2.0 * (processes == 0)).astype(np.float32)
+    weights = np.where(processes == 0, 0.1, 1.0)
+    binning = MassBinning(100, 0, 500)
+    curve = significance_scan(values, binning.index(mass), weights, processes, ["W", "QCD"], "W",
+                              (70, 90), background_efficiencies=[1.0, 0.1, 0.01], binning=binning)
+    assert curve.window == (70.0, 90.0)
+    for i, cut in enumerate(curve.thresholds):
+        passing = (values >= cut) & (mass >= 70) & (mass < 90)
+        s = weights[passing & (processes == 0)].sum()
+        b = weights[passing & (processes == 1)].sum()
+        assert curve.signal[i] == pytest.approx(s)
+        assert curve.background[i] == pytest.approx(b)
+        assert curve.significance[i] == pytest.approx(asimov_significance(s, b))
+    with pytest.raises(ValueError, match="unknown signal process"):
+        significance_scan(values, binning.index(mass), weights, processes, ["W", "QCD"], "Z",
+                          (70, 90))
+
+
+def test_mass_binning_flows():
+    binning = MassBinning(10, 0, 100)
+    np.testing.assert_array_equal(binning.index(np.array([-5, 0, 9.99, 10, 99.9, 100, np.nan])),
+                                  [0, 1, 1, 2, 10, 11, 11])
