@@ -214,7 +214,7 @@ def train(sample: TrainingSample, output: str | os.PathLike,
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss)
+            total_loss += float(loss.detach())
             n_batches += 1
         seconds = time.perf_counter() - start
         probabilities = evaluate(model, sample, validation, device=device)
