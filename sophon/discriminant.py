@@ -142,7 +142,7 @@ class Discriminant:
         g_b = f"g_{{\\mathrm{{{_latex_text(self.denominator)}}}}}"
         formula = f"D = \\frac{{g_A}}{{g_A + {g_b}}},\\quad g_A = {g_a}"
         if self.level == "event":
-            formula = f"D_\\mathrm{{event}} = D_{{j_1}} + D_{{j_2}},\\quad " + formula
+            formula = "D_\\mathrm{event} = D_{j_1} + D_{j_2},\\quad " + formula
         return formula
 
     def to_dict(self) -> dict:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -39,6 +38,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sophon.atomic import atomic_output
 from sophon.labels import LABELS, N_CLASSES
 
 __all__ = [
@@ -96,22 +96,14 @@ class DatasetMetadata:
             raise DatasetError(f"{source}: unreadable 'sophon' metadata ({error})") from None
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+def write_table_atomic(table: pa.Table, path: str | os.PathLike, **parquet_options) -> Path:
     """Write ``table`` to ``path`` through a temporary file in the same folder, then rename.
 
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary, compression="zstd")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path) as temporary:
+        pq.write_table(table, temporary, compression="zstd", **parquet_options)
+    return Path(path)
 
 
 def _fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:

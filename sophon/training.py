@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from sophon.atomic import atomic_output
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
 from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS
 from sophon.model import SophonConfig, SophonModel, count_parameters, save_checkpoint, sophon_config
@@ -234,10 +235,8 @@ def train(sample: TrainingSample, output: str | os.PathLike,
                "parameters": count_parameters(model), "training_jets": int(len(training)),
                "validation_jets": int(len(validation)), "sources": sample.sources,
                "best_validation_accuracy": best_accuracy, "history": history}
-    summary_path = output.with_suffix(".json")
-    temporary = summary_path.with_name(f".{summary_path.name}.tmp")
-    temporary.write_text(json.dumps(summary, indent=1))
-    os.replace(temporary, summary_path)
+    with atomic_output(output.with_suffix(".json")) as temporary:
+        temporary.write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
-import tempfile
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -28,7 +27,8 @@ import pyarrow.parquet as pq
 from sophon.generate import settings as cards
 from sophon.generate.events import GenerationError
 from sophon.generate.pipeline import ChunkResult, ChunkSpec, JetSelection, run_chunk
-from sophon.generate.writer import JETCLASS_SCHEMA, SM_SCHEMA, publish, with_metadata
+from sophon.atomic import publish, temporary_beside
+from sophon.generate.writer import JETCLASS_SCHEMA, SM_SCHEMA, with_metadata
 from sophon.labels import CONTENTS
 
 __all__ = ["GenerationReport", "plan_training", "plan_sm", "run_chunks", "generate_training",
@@ -256,9 +256,7 @@ class _AtomicWriter:
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        self.temporary = Path(name)
+        self.temporary = temporary_beside(path)
         self.writer = pq.ParquetWriter(self.temporary, schema, compression="zstd",
                                           use_compliant_nested_type=False)  # keep "item"
         self.rows = 0

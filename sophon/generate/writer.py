@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from sophon import store
 
 __all__ = ["JETCLASS_SCHEMA", "SM_FIELDS", "SM_SCHEMA", "METADATA_KEY", "build_table",
            "write_table_atomic", "with_metadata", "read_generation_metadata"]
@@ -113,30 +114,9 @@ def read_generation_metadata(path: str | os.PathLike) -> dict:
     return json.loads(metadata[METADATA_KEY])
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def publish(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give a finished temporary file the usual permissions and rename it onto ``path``."""
-    os.chmod(temporary, 0o666 & ~_umask())
-    os.replace(temporary, path)
-
-
 def write_table_atomic(table: pa.Table, path: str | os.PathLike, *,
                        row_group_size: int = 20_000) -> Path:
     """Write through a temporary file in the target folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temporary, compression="zstd", row_group_size=row_group_size,
-                       use_compliant_nested_type=False)  # list items named "item", as JetClass-II
-        publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    # list items named "item", as in JetClass-II
+    return store.write_table_atomic(table, path, row_group_size=row_group_size,
+                                    use_compliant_nested_type=False)
