@@ -157,22 +157,26 @@ class DatasetAnalysis:
     # --- scans --------------------------------------------------------------------------------
     def jet_scan(self, discriminant: Discriminant, *,
                  efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
-                 reference: EfficiencyReference = "all",
-                 subset: np.ndarray | None = None) -> EfficiencyScan:
+                 reference: EfficiencyReference = "all") -> EfficiencyScan:
         """Jet mSD spectra at each efficiency of ``discriminant``; efficiencies count all jets'
-        weight or only QCD jets' (``reference``). ``subset``: optional jet indices to histogram
-        (e.g. a latent-space selection) with the thresholds still set on the whole dataset."""
-        values = self.log_odds(discriminant)
+        weight or only QCD jets' (``reference``)."""
         dataset = self.dataset
         reference_mask = None if reference == "all" else self.qcd_reference
-        scan = EfficiencyScan.build(values, self.mass_index, dataset.weights,
+        return EfficiencyScan.build(self.log_odds(discriminant), self.mass_index, dataset.weights,
                                     dataset.process_codes, dataset.process_names,
                                     efficiencies=efficiencies, reference=reference_mask,
                                     binning=self.binning)
-        if subset is None:
-            return scan
-        return _rebin_subset(scan, values, self.mass_index, dataset.weights,
-                             dataset.process_codes, np.asarray(subset))
+
+    def subset_scan(self, discriminant: Discriminant, scan: EfficiencyScan,
+                    subset: np.ndarray) -> EfficiencyScan:
+        """The spectra of the jets ``subset`` (indices, e.g. a latent-space selection) under the
+        thresholds of ``scan``, which were set on the whole dataset."""
+        subset = np.asarray(subset)
+        dataset = self.dataset
+        return EfficiencyScan.from_thresholds(
+            self.log_odds(discriminant)[subset], self.mass_index[subset],
+            dataset.weights[subset], dataset.process_codes[subset], scan.process_names,
+            efficiencies=scan.efficiencies, thresholds=scan.thresholds, binning=scan.binning)
 
     def event_scan(self, discriminant: Discriminant, *,
                    efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
@@ -217,12 +221,3 @@ class _LockedMapping:
     def __setitem__(self, key, value):
         with self._lock:
             self._mapping[key] = value
-
-
-def _rebin_subset(scan: EfficiencyScan, values, mass_index, weights, process_codes,
-                  subset: np.ndarray) -> EfficiencyScan:
-    """The same thresholds as ``scan``, histogramming only the jets ``subset``."""
-    return EfficiencyScan.from_thresholds(values[subset], mass_index[subset], weights[subset],
-                                          process_codes[subset], scan.process_names,
-                                          efficiencies=scan.efficiencies,
-                                          thresholds=scan.thresholds, binning=scan.binning)

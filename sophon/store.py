@@ -266,6 +266,16 @@ class JetDataset:
         frame = self._collect(names)
         return frame if rows is None else frame[np.asarray(rows)]
 
+    def row(self, names: Sequence[str], index: int) -> pl.DataFrame:
+        """One jet's ``names`` as a one-row DataFrame, reading only that row's row group (cheap
+        for constituent list columns, which are large)."""
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise DatasetError(f"{self.path}: missing column(s) {missing}")
+        if not 0 <= index < self.n_jets:
+            raise DatasetError(f"{self.path}: no jet {index} (the dataset has {self.n_jets})")
+        return self._lazy.slice(int(index), 1).select(list(names)).collect()
+
     @cached_property
     def scores(self) -> np.ndarray:
         """(N, 188) float32, Fortran order: column ``i`` is the probability of ``LABELS[i]``."""

@@ -56,7 +56,7 @@ def test_subset_uses_the_full_dataset_thresholds(analysis):
     discriminant = PRESETS["A2: X->bb"]
     full = analysis.jet_scan(discriminant)
     subset = np.arange(0, 5000)
-    partial = analysis.jet_scan(discriminant, subset=subset)
+    partial = analysis.subset_scan(discriminant, full, subset)
     np.testing.assert_array_equal(partial.thresholds, full.thresholds)
     values = analysis.log_odds(discriminant)[subset]
     assert partial.selected_jets(4) == int((values >= full.thresholds[4]).sum())

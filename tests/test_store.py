@@ -159,3 +159,14 @@ def test_write_is_atomic_and_leaves_no_temporary(tmp_path, valid):
     write_dataset(target, columns, scores=scores)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert len(SCORE_COLUMNS) == 188
+
+
+def test_one_row_is_read_by_index(valid):
+    path, columns, _, _ = valid
+    dataset = JetDataset(path)
+    row = dataset.row(["jet_pt", "process"], 7)
+    assert row.height == 1 and row["jet_pt"][0] == columns["jet_pt"][7]
+    with pytest.raises(DatasetError, match="no jet 100"):
+        dataset.row(["jet_pt"], 100)
+    with pytest.raises(DatasetError, match="missing column"):
+        dataset.row(["part_deta"], 0)

@@ -1,0 +1,250 @@
+"""Plot helpers shared by the views: colours, labels and the 1-D histogram figures.
+
+The 1-D plots (spectra, stacks, significance) are plain Bokeh figures fed by ColumnDataSources:
+a view builds its figure once and then only replaces the sources' data, which costs about a
+millisecond (a HoloViews overlay of ten curves costs tens). A figure is rebuilt only when its
+y axis changes between log and linear, which Bokeh cannot do in place. The bokeh save tool in
+each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from bokeh.models import (BasicTicker, BasicTickFormatter, ColumnDataSource, HoverTool, Legend,
+                          LegendItem, LinearScale, LogScale, LogTicker, LogTickFormatter,
+                          Span)
+from bokeh.palettes import Category10_10, Plasma256
+from bokeh.plotting import figure
+
+__all__ = [
+    "efficiency_colors",
+    "efficiency_label",
+    "process_colors",
+    "category_colors",
+    "steps",
+    "format_number",
+    "new_figure",
+    "set_export_format",
+    "set_log_y",
+    "CurvesPlot",
+    "StackPlot",
+]
+
+_QCD_COLOR = "#a6bddb"
+_OTHER_COLOR = "#bdbdbd"
+_CATEGORICAL = [c for c in Category10_10 if c != "#7f7f7f"]  # grey is kept for 'other'
+_EXTRA = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+          "#31a354", "#756bb1", "#636363", "#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc"]
+SELECTION_COLOR = "#111111"
+
+
+def efficiency_colors(n: int) -> list[str]:
+    """``n`` colours graded from dark (efficiency 1) to light orange (tightest cut)."""
+    positions = np.linspace(0, 0.85, max(n, 1)) * (len(Plasma256) - 1)
+    return [Plasma256[int(round(p))] for p in positions][:n]
+
+
+def efficiency_label(efficiency: float) -> str:
+    """``1``, ``0.32``, ``0.1``, ``0.032``, ``0.01``, ``3.2e-3``, ``1e-3``... for humans."""
+    if efficiency >= 0.01:
+        return f"{efficiency:.2g}"
+    mantissa, exponent = f"{efficiency:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def category_colors(names: Sequence[str]) -> dict[str, str]:
+    """A stable colour per category; QCD and 'other' get neutral colours."""
+    palette = _CATEGORICAL + _EXTRA
+    colors: dict[str, str] = {}
+    position = 0
+    for name in names:
+        if name == "QCD":
+            colors[name] = _QCD_COLOR
+        elif name == "other":
+            colors[name] = _OTHER_COLOR
+        else:
+            colors[name] = palette[position % len(palette)]
+            position += 1
+    return colors
+
+
+def process_colors(names: Sequence[str]) -> dict[str, str]:
+    return category_colors(names)
+
+
+def steps(edges: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram as a step line: x = each inner edge twice, y = each value twice."""
+    x = np.repeat(np.asarray(edges, dtype=np.float64), 2)[1:-1]
+    y = np.repeat(np.asarray(values, dtype=np.float64), 2)
+    return x, y
+
+
+def format_number(value: float) -> str:
+    """Thousands separators for large numbers, three significant digits for small ones."""
+    if not np.isfinite(value):
+        return "∞" if value > 0 else "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}"
+
+
+def new_figure(*, title: str, xlabel: str, ylabel: str, log_y: bool = False,
+               log_x: bool = False, height: int = 330, export_format: str = "PNG",
+               tools: str = "save,box_zoom,reset") -> figure:
+    fig = figure(title=title, x_axis_label=xlabel, y_axis_label=ylabel, height=height,
+                 sizing_mode="stretch_width", y_axis_type="log" if log_y else "linear",
+                 x_axis_type="log" if log_x else "linear", tools=tools, toolbar_location="above",
+                 min_border_right=10)
+    fig.title.text_font_size = "11pt"
+    set_export_format(fig, export_format)
+    return fig
+
+
+def set_export_format(fig: figure, export_format: str) -> None:
+    """The save tool writes PNG (canvas backend) or SVG (svg backend)."""
+    fig.output_backend = "svg" if export_format == "SVG" else "canvas"
+
+
+def set_log_y(fig: figure, log_y: bool) -> None:
+    """Switch the y axis between log and linear in place (scale, ticker and tick labels)."""
+    fig.y_scale = LogScale() if log_y else LinearScale()
+    for axis in fig.yaxis:
+        axis.ticker = LogTicker() if log_y else BasicTicker()
+        axis.formatter = LogTickFormatter() if log_y else BasicTickFormatter(power_limit_high=6)
+    for grid in fig.ygrid:
+        grid.ticker = fig.yaxis[0].ticker
+
+
+def _for_log(values: np.ndarray, log_y: bool) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(values > 0, values, np.nan) if log_y else values
+
+
+class CurvesPlot:
+    """Step curves, one per efficiency level, colour-graded, the chosen level thicker, plus a
+    dashed overlay (the latent selection). ``update`` only replaces the source data."""
+
+    def __init__(self, labels: Sequence[str], *, title: str, xlabel: str, ylabel: str,
+                 log_y: bool, export_format: str = "PNG", height: int = 330,
+                 overlay_label: str | None = "latent selection"):
+        self.log_y = log_y
+        self.labels = list(labels)
+        self.colors = efficiency_colors(len(self.labels))
+        self.figure = new_figure(title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y,
+                                 export_format=export_format, height=height)
+        self.source = ColumnDataSource({"xs": [], "ys": [], "color": [], "width": [],
+                                        "alpha": [], "label": []})
+        self.overlay = ColumnDataSource({"x": [], "y": []})
+        lines = self.figure.multi_line("xs", "ys", color="color", line_width="width",
+                                       alpha="alpha", source=self.source)
+        overlay = self.figure.line("x", "y", color=SELECTION_COLOR, line_dash="dashed",
+                                   line_width=2.2, source=self.overlay)
+        items = [LegendItem(label=label, renderers=[lines], index=i)
+                 for i, label in enumerate(self.labels)]
+        if overlay_label:
+            items.append(LegendItem(label=overlay_label, renderers=[overlay]))
+        legend = Legend(items=items,
+                        label_text_font_size="8pt", spacing=0, padding=4, click_policy="none")
+        self.figure.add_layout(legend, "right")
+        self.figure.add_tools(HoverTool(renderers=[lines], tooltips=[("", "@label"),
+                                                                     ("mass", "$x{0}"),
+                                                                     ("value", "$y{0.[000]}")]))
+
+    def set_log_y(self, log_y: bool) -> None:
+        """Log or linear y, in place (the caller then calls :meth:`update` again)."""
+        self.log_y = log_y
+        set_log_y(self.figure, log_y)
+
+    def update(self, edges: np.ndarray, curves: np.ndarray, chosen: int,
+               overlay: np.ndarray | None = None, ylabel: str | None = None) -> None:
+        """``curves`` (levels, bins); ``overlay`` (bins,) or None."""
+        xs, ys = [], []
+        for values in curves:
+            x, y = steps(edges, values)
+            xs.append(x)
+            ys.append(_for_log(y, self.log_y))
+        n = len(xs)
+        self.source.data = {
+            "xs": xs, "ys": ys, "color": self.colors[:n],
+            "width": [3.2 if i == chosen else 1.3 for i in range(n)],
+            "alpha": [1.0 if i == chosen else 0.7 for i in range(n)],
+            "label": self.labels[:n],
+        }
+        if overlay is None:
+            self.overlay.data = {"x": [], "y": []}
+        else:
+            x, y = steps(edges, overlay)
+            self.overlay.data = {"x": x, "y": _for_log(y, self.log_y)}
+        if ylabel is not None:
+            self.figure.yaxis.axis_label = ylabel
+
+    def set_export_format(self, export_format: str) -> None:
+        set_export_format(self.figure, export_format)
+
+
+class StackPlot:
+    """Per-category stacked step areas (the first category at the bottom) and a shaded window."""
+
+    def __init__(self, names: Sequence[str], *, title: str, xlabel: str, ylabel: str,
+                 log_y: bool, export_format: str = "PNG", height: int = 330):
+        self.names = list(names)
+        self.log_y = log_y
+        colors = process_colors(self.names)
+        self.order = sorted(range(len(self.names)), key=lambda i: (self.names[i] != "QCD", i))
+        self.figure = new_figure(title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y,
+                                 export_format=export_format, height=height)
+        columns = {"x": []}
+        for i in range(len(self.names)):
+            columns[f"lower{i}"] = []
+            columns[f"upper{i}"] = []
+        self.source = ColumnDataSource(columns)
+        items = []
+        for i in reversed(self.order):
+            renderer = self.figure.varea("x", f"lower{i}", f"upper{i}", source=self.source,
+                                         fill_color=colors[self.names[i]], fill_alpha=0.85)
+            items.append(LegendItem(label=self.names[i], renderers=[renderer]))
+        self.figure.add_layout(Legend(items=items, label_text_font_size="8pt", spacing=0,
+                                      padding=4), "right")
+        self.window_low = Span(location=0, dimension="height", line_color="#555555",
+                               line_dash="dotted", line_width=1.5, visible=False)
+        self.window_high = Span(location=0, dimension="height", line_color="#555555",
+                                line_dash="dotted", line_width=1.5, visible=False)
+        self.figure.add_layout(self.window_low)
+        self.figure.add_layout(self.window_high)
+
+    def set_log_y(self, log_y: bool) -> None:
+        """Log or linear y, in place (the caller then calls :meth:`update` again)."""
+        self.log_y = log_y
+        set_log_y(self.figure, log_y)
+
+    def update(self, edges: np.ndarray, stack: np.ndarray,
+               window: tuple[float, float] | None = None, ylabel: str | None = None) -> None:
+        """``stack`` (categories, bins) in the order of ``names``."""
+        stack = np.asarray(stack, dtype=np.float64)
+        positive = stack[stack > 0]
+        floor = positive.min() / 10 if (self.log_y and positive.size) else 0.0
+        cumulative = np.zeros(stack.shape[1])
+        data = {}
+        x = steps(edges, cumulative)[0]
+        for i in self.order:
+            lower, upper = cumulative, cumulative + stack[i]
+            y_lower, y_upper = steps(edges, lower)[1], steps(edges, upper)[1]
+            if self.log_y:
+                y_lower, y_upper = np.maximum(y_lower, floor), np.maximum(y_upper, floor)
+            data[f"lower{i}"], data[f"upper{i}"] = y_lower, y_upper
+            cumulative = upper
+        self.source.data = {"x": x, **data}
+        if window is not None:
+            self.window_low.update(location=float(window[0]), visible=True)
+            self.window_high.update(location=float(window[1]), visible=True)
+        if ylabel is not None:
+            self.figure.yaxis.axis_label = ylabel
+
+    def set_export_format(self, export_format: str) -> None:
+        set_export_format(self.figure, export_format)
+

@@ -1,0 +1,320 @@
+"""Configuration and the per-process dataset cache.
+
+Everything here is shared by all sessions of one server process:
+
+- where the data is (:func:`data_path`: ``--data PATH`` after ``panel serve app --args``, else
+  the ``SOPHON_DATA`` environment variable, else ``data/default`` under the repository root);
+- where rescoring models may be read from (:func:`models_dir`: ``--models DIR`` /
+  ``SOPHON_MODELS`` / ``models``) and where rescored datasets are written (:func:`output_dir`:
+  ``--output DIR`` / ``SOPHON_OUTPUT`` / a folder in the system temporary directory);
+- the loaded datasets (:func:`load_analysis`): each path is opened and validated ONCE per process
+  and the same :class:`~sophon.analysis.DatasetAnalysis` is handed to every session. A dataset
+  that cannot be opened gives a :class:`DatasetProblem` (a message for the page), never an
+  exception, so the server keeps serving.
+
+The app only reads configured locations: :func:`resolve_data` and :func:`resolve_model` refuse
+paths outside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sophon.analysis import DatasetAnalysis
+from sophon.store import DatasetError, JetDataset
+
+__all__ = [
+    "ROOT",
+    "DEFAULT_DATA",
+    "DatasetProblem",
+    "argument",
+    "data_path",
+    "models_dir",
+    "output_dir",
+    "data_roots",
+    "resolve_data",
+    "resolve_model",
+    "load_analysis",
+    "shared",
+    "warm_up",
+    "clear_cache",
+]
+
+log = logging.getLogger("sophon.app")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "data" / "default"
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript")
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """Why a dataset could not be opened: shown in the page instead of the views."""
+
+    path: Path
+    message: str
+
+    @property
+    def hint(self) -> str:
+        return ("Start the app on another dataset with `panel serve app --args --data PATH` "
+                "or the environment variable `SOPHON_DATA=PATH`.")
+
+
+# --- configuration ---------------------------------------------------------------------------
+def argument(name: str, argv: Sequence[str] | None = None) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv`` (default ``sys.argv``)."""
+    argv = list(sys.argv if argv is None else argv)
+    flag = f"--{name}"
+    for position, item in enumerate(argv):
+        if item == flag and position + 1 < len(argv):
+            return argv[position + 1]
+        if item.startswith(flag + "="):
+            return item[len(flag) + 1:]
+    return None
+
+
+def _configured(name: str, variable: str, default: Path, argv, environ) -> Path:
+    environ = os.environ if environ is None else environ
+    value = argument(name, argv) or environ.get(variable) or None
+    path = Path(value).expanduser() if value else default
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def data_path(argv: Sequence[str] | None = None,
+              environ: Mapping[str, str] | None = None) -> Path:
+    """The dataset to open: ``--data PATH``, else ``$SOPHON_DATA``, else ``data/default``."""
+    return _configured("data", "SOPHON_DATA", DEFAULT_DATA, argv, environ)
+
+
+def models_dir(argv: Sequence[str] | None = None,
+               environ: Mapping[str, str] | None = None) -> Path:
+    """The only folder rescoring models are read from."""
+    return _configured("models", "SOPHON_MODELS", ROOT / "models", argv, environ)
+
+
+def output_dir(argv: Sequence[str] | None = None,
+               environ: Mapping[str, str] | None = None) -> Path:
+    """Where rescored datasets are written (and may be read back from)."""
+    return _configured("output", "SOPHON_OUTPUT",
+                       Path(tempfile.gettempdir()) / "sophon-explorer", argv, environ)
+
+
+def data_roots(argv: Sequence[str] | None = None,
+               environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The folders the app may read datasets from: the configured dataset (its folder when it is
+    a file) and the rescoring output folder."""
+    path = data_path(argv, environ)
+    base = path if path.is_dir() or not path.suffix else path.parent
+    return [base.resolve(), output_dir(argv, environ).resolve()]
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    path = path.resolve()
+    return any(path == root or root in path.parents for root in roots)
+
+
+def resolve_data(path: str | os.PathLike, roots: Sequence[Path] | None = None) -> Path:
+    """``path`` resolved, if it lies in a configured data folder; ValueError otherwise."""
+    resolved = Path(path).expanduser().resolve()
+    roots = data_roots() if roots is None else [Path(r).resolve() for r in roots]
+    if not _inside(resolved, roots):
+        raise ValueError(f"{path}: outside the configured data folders "
+                         f"({', '.join(map(str, roots))})")
+    return resolved
+
+
+def resolve_model(name: str, directory: Path | None = None) -> Path:
+    """A model file named ``name`` inside the models folder; ValueError for anything else
+    (absolute paths, ``..``, unknown suffixes, missing files)."""
+    directory = (models_dir() if directory is None else Path(directory)).resolve()
+    candidate = (directory / name).resolve()
+    if directory not in candidate.parents:
+        raise ValueError(f"{name!r}: model files are read only from {directory}")
+    if candidate.suffix not in MODEL_SUFFIXES:
+        raise ValueError(f"{name!r}: not a model file ({', '.join(MODEL_SUFFIXES)})")
+    if not candidate.is_file():
+        raise ValueError(f"{name!r}: no such model file in {directory}")
+    return candidate
+
+
+def list_models(directory: Path | None = None) -> list[str]:
+    """Model files in the models folder (names relative to it), sorted."""
+    directory = models_dir() if directory is None else Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if p.is_file() and p.suffix in MODEL_SUFFIXES and not p.name.startswith("."))
+
+
+# --- the per-process cache --------------------------------------------------------------------
+_LOCK = threading.Lock()
+_PATH_LOCKS: dict[Path, threading.Lock] = {}
+_ANALYSES: dict[Path, DatasetAnalysis] = {}
+_SHARED: dict[tuple[int, str], Any] = {}
+_LOAD_SECONDS: dict[Path, float] = {}
+
+
+def _key(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def load_analysis(path: str | os.PathLike) -> DatasetAnalysis | DatasetProblem:
+    """The shared analysis of the dataset at ``path``, loaded and validated once per process.
+
+    Concurrent first calls wait for one load. Failures are not cached (a dataset copied into
+    place later is picked up by the next session) and come back as :class:`DatasetProblem`.
+    """
+    key = _key(path)
+    with _LOCK:
+        if key in _ANALYSES:
+            return _ANALYSES[key]
+        path_lock = _PATH_LOCKS.setdefault(key, threading.Lock())
+    with path_lock:
+        with _LOCK:
+            if key in _ANALYSES:
+                return _ANALYSES[key]
+        start = time.perf_counter()
+        try:
+            analysis = DatasetAnalysis(JetDataset(key))
+            warm_up(analysis)
+        except DatasetError as error:
+            return DatasetProblem(Path(path), str(error))
+        except (OSError, ValueError, KeyError, MemoryError) as error:
+            log.exception("cannot open dataset %s", path)
+            return DatasetProblem(Path(path), f"{path}: {type(error).__name__}: {error}")
+        with _LOCK:
+            _ANALYSES[key] = analysis
+            _LOAD_SECONDS[key] = time.perf_counter() - start
+        log.info("loaded %s (%d jets) in %.1f s", key, analysis.dataset.n_jets,
+                 _LOAD_SECONDS[key])
+        return analysis
+
+
+def shared(analysis: DatasetAnalysis, name: str, factory: Callable[[], Any]) -> Any:
+    """A derived object of ``analysis`` built once per process (e.g. the latent-space frame)."""
+    key = (id(analysis), name)
+    with _LOCK:
+        if key in _SHARED:
+            return _SHARED[key]
+        path_lock = _PATH_LOCKS.setdefault(Path(f"shared:{key}"), threading.Lock())
+    with path_lock:
+        with _LOCK:
+            if key in _SHARED:
+                return _SHARED[key]
+        value = factory()
+        with _LOCK:
+            _SHARED[key] = value
+        return value
+
+
+_RESULTS: OrderedDict = OrderedDict()
+RESULT_CACHE_SIZE = 64
+
+
+def cached_result(analysis: DatasetAnalysis, key: tuple, factory: Callable[[], Any]) -> Any:
+    """A discriminant-dependent result (an efficiency scan, a significance curve: small arrays)
+    shared by every session of the process, least recently used first out. Two users on the
+    same preset, or one user going back to it, do not recompute it. Results are read-only."""
+    full_key = (id(analysis), *key)
+    with _LOCK:
+        if full_key in _RESULTS:
+            _RESULTS.move_to_end(full_key)
+            return _RESULTS[full_key]
+    value = _read_only(factory())
+    with _LOCK:
+        _RESULTS[full_key] = value
+        _RESULTS.move_to_end(full_key)
+        while len(_RESULTS) > RESULT_CACHE_SIZE:
+            _RESULTS.popitem(last=False)
+    return value
+
+
+def _read_only(result: Any) -> Any:
+    """Mark the numpy arrays of a dataclass result read-only (it is shared between sessions)."""
+    for value in getattr(result, "__dict__", {}).values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    return result
+
+
+def warm_up(analysis: DatasetAnalysis) -> None:
+    """Build the discriminant-independent arrays every session needs, once."""
+    dataset = analysis.dataset
+    _ = analysis.mass_index, dataset.process_codes, dataset.weights, dataset.process_names
+    try:
+        _ = analysis.qcd_reference
+    except ValueError:
+        pass
+    if analysis.has_events:
+        _ = analysis.events
+
+
+def clear_cache() -> None:
+    """Forget every loaded dataset (tests)."""
+    with _LOCK:
+        _ANALYSES.clear()
+        _SHARED.clear()
+        _RESULTS.clear()
+        _PATH_LOCKS.clear()
+
+
+
+_WARM_STARTED = threading.Event()
+
+
+def preload(argv: Sequence[str] | None = None) -> DatasetAnalysis | DatasetProblem:
+    """Open the configured dataset and compute the first page's default views (server start,
+    in a background thread): the first visitor does not wait for them."""
+    start = time.perf_counter()
+    loaded = load_analysis(data_path(argv))
+    if isinstance(loaded, DatasetProblem):
+        log.warning("dataset not available: %s", loaded.message)
+        return loaded
+    try:  # the first page's default discriminant: computed now, shared by every session
+        from app.explorer import Explorer
+
+        Explorer(analysis=loaded)
+    except Exception:
+        log.exception("precomputing the default views failed")
+    log.info("preloaded %s in %.1f s", loaded.dataset.path, time.perf_counter() - start)
+    return loaded
+
+
+def loaded_analysis(argv: Sequence[str] | None = None) -> DatasetAnalysis | None:
+    """The configured dataset's analysis if it is already loaded (never waits)."""
+    with _LOCK:
+        return _ANALYSES.get(_key(data_path(argv)))
+
+
+def start_warm_up(analysis: DatasetAnalysis | DatasetProblem | None) -> None:
+    """Compile the latent view's datashader kernels once per process, in a background thread.
+
+    Call it from the server's main thread (a page's onload, or the IOLoop): the modules are
+    imported here, not in the thread, because importing holoviews in two threads at once can
+    see half-initialised modules."""
+    if not isinstance(analysis, DatasetAnalysis) or _WARM_STARTED.is_set():
+        return
+    _WARM_STARTED.set()
+    from app.views.latent import warm_up_latent
+
+    def warm():
+        start = time.perf_counter()
+        try:
+            warm_up_latent(analysis)
+        except Exception:  # an optimisation only: never stop the server
+            log.exception("warming up the latent view failed")
+        log.info("latent view warmed up in %.1f s", time.perf_counter() - start)
+
+    threading.Thread(target=warm, name="sophon-warm-up", daemon=True).start()

@@ -1,0 +1,462 @@
+"""The latent space: a datashaded UMAP of every jet, box/lasso selection, the selected jets.
+
+All jets are drawn (datashader: rasterize/datashade + dynspread, no point cap), coloured by
+process, true class group, most probable class, or the discriminant value. Box and lasso tools
+report only their geometry (HoloViews ``BoundsXY`` and ``Lasso`` streams, read raw: linked
+selections on datashaded plots are unreliable); the jets inside are found by
+:mod:`app.selection` on the raw coordinates. The selection's spectrum is overlaid on the spectrum
+view, and the selected jets are listed below the plot a page at a time (most signal-like first)
+with their top-5 classes, ready to download as CSV or Parquet.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import threading
+
+import datashader as ds
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh renderer)
+import holoviews.operation.datashader as hd
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+import polars as pl
+from bokeh.models import BoxSelectTool, LassoSelectTool
+
+from sophon.analysis import DatasetAnalysis
+from sophon.discriminant import Discriminant
+from sophon.labels import CONTENTS, LABELS, N_CLASSES
+
+from app.plots import category_colors
+from app.state import shared
+from app.views.base import ExplorerView, message, problem_message
+
+__all__ = ["LatentView", "LatentData", "SelectionTable", "latent_data", "jet_table",
+           "selection_frame", "COLOR_OPTIONS", "TRUTH_GROUPS", "top_class"]
+
+COLOR_OPTIONS = {"process": "process", "true class group": "truth",
+                 "most probable class": "top", "discriminant value D": "D"}
+TOP_CLASSES_SHOWN = 12  # the most frequent top classes get a colour; the rest are 'other'
+
+
+def _truth_group(content) -> str:
+    if not content.resonant:
+        return "QCD"
+    prongs = "X→2 prongs" if content.prongs == 2 else "X→YY 3/4 prongs"
+    return f"{prongs}, {'leptonic' if content.leptons else 'hadronic'}"
+
+
+TRUTH_GROUPS: tuple[str, ...] = ("QCD", "X→2 prongs, hadronic", "X→2 prongs, leptonic",
+                                 "X→YY 3/4 prongs, hadronic", "X→YY 3/4 prongs, leptonic")
+_TRUTH_OF_CLASS = np.array([TRUTH_GROUPS.index(_truth_group(c)) for c in CONTENTS], dtype=np.int8)
+
+
+def top_class(scores: np.ndarray) -> np.ndarray:
+    """(N,) int16 index of each jet's most probable class, one column at a time (the score
+    matrix is column-major)."""
+    best = np.zeros(len(scores), dtype=np.int16)
+    best_value = np.array(scores[:, 0], dtype=np.float32)
+    for index in range(1, scores.shape[1]):
+        column = scores[:, index]
+        better = column > best_value
+        best[better] = index
+        np.maximum(best_value, column, out=best_value)
+    return best
+
+
+class LatentData:
+    """The latent-plane arrays of one dataset, built once per process and shared read-only by
+    all sessions: coordinates and, lazily, one categorical frame per colouring."""
+
+    def __init__(self, analysis: DatasetAnalysis):
+        dataset = analysis.dataset
+        self.analysis = analysis
+        self.x = dataset.column("umap_x")
+        self.y = dataset.column("umap_y")
+        finite = np.isfinite(self.x) & np.isfinite(self.y)
+        self.x_range = (float(self.x[finite].min()), float(self.x[finite].max())) if finite.any() \
+            else (0.0, 1.0)
+        self.y_range = (float(self.y[finite].min()), float(self.y[finite].max())) if finite.any() \
+            else (0.0, 1.0)
+        self._frames: dict[str, tuple[pd.DataFrame, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def available(self, kind: str) -> bool:
+        if kind == "truth":
+            return self.analysis.dataset.has("jet_label")
+        return True
+
+    def categorical(self, kind: str) -> tuple[pd.DataFrame, list[str]]:
+        """A DataFrame (x, y, ``kind`` categorical) sharing the coordinate arrays, and the
+        category names in display order."""
+        with self._lock:
+            if kind not in self._frames:
+                codes, names = self._codes(kind)
+                column = pd.Categorical.from_codes(codes, categories=names)
+                frame = pd.DataFrame({"x": self.x, "y": self.y, kind: column}, copy=False)
+                self._frames[kind] = (frame, names)
+            return self._frames[kind]
+
+    def _codes(self, kind: str) -> tuple[np.ndarray, list[str]]:
+        dataset = self.analysis.dataset
+        if kind == "process":
+            return dataset.process_codes.astype(np.int16), list(dataset.process_names)
+        if kind == "truth":
+            labels = dataset.column("jet_label").astype(np.int64)
+            valid = (labels >= 0) & (labels < N_CLASSES)
+            codes = np.where(valid, _TRUTH_OF_CLASS[np.clip(labels, 0, N_CLASSES - 1)], -1)
+            return codes.astype(np.int8), list(TRUTH_GROUPS)
+        if kind == "top":
+            best = top_class(dataset.scores)
+            counts = np.bincount(best, minlength=N_CLASSES)
+            frequent = [int(i) for i in np.argsort(-counts)[:TOP_CLASSES_SHOWN] if counts[i] > 0]
+            lookup = np.full(N_CLASSES, len(frequent), dtype=np.int16)
+            lookup[frequent] = np.arange(len(frequent), dtype=np.int16)
+            names = [LABELS[i] for i in frequent]
+            if len(frequent) < np.count_nonzero(counts):
+                names.append("other")
+            return lookup[best], names
+        raise ValueError(f"unknown colouring {kind!r}")
+
+    def continuous(self, values: np.ndarray, name: str = "D") -> pd.DataFrame:
+        """A per-call DataFrame (x, y, ``name``) over the shared coordinates (no copies)."""
+        return pd.DataFrame({"x": self.x, "y": self.y, name: values}, copy=False)
+
+
+def latent_data(analysis: DatasetAnalysis) -> LatentData:
+    return shared(analysis, "latent", lambda: LatentData(analysis))
+
+
+HOVER_SAMPLE_MAX_JETS = 500_000  # above this, the hover sample is off by default (speed)
+
+
+def _shade(points, kind: str, data: LatentData, dynamic: bool = True, hover: bool = True):
+    """rasterize (mean D) or datashade (count by category) + dynspread. ``hover``: datashade
+    also keeps one sample jet per pixel (``selector=ds.first()``) so that hovering names its
+    category; it about doubles the aggregation time."""
+    if kind == "D":
+        shaded = hd.rasterize(points, aggregator=ds.mean("D"), dynamic=dynamic)
+    else:
+        _, names = data.categorical(kind)
+        extra = {"selector": ds.first()} if hover else {}
+        shaded = hd.datashade(points, aggregator=ds.count_cat(kind),
+                              color_key=category_colors(names), dynamic=dynamic, **extra)
+    return hd.dynspread(shaded, threshold=0.5, max_px=3, dynamic=dynamic)
+
+
+def latent_plot(data: LatentData, kind: str, points=None, *, height: int = 480,
+                hover: bool = True):
+    """The datashaded latent plot coloured by ``kind`` (every jet drawn, no point cap), with
+    persistent box and lasso selection tools. ``points``: the D-coloured points (a DynamicMap
+    following the discriminant) when ``kind == "D"``."""
+    tools = [BoxSelectTool(persistent=True), LassoSelectTool(persistent=True)]
+    common = dict(responsive=True, min_height=height, xlabel="UMAP x", ylabel="UMAP y",
+                  active_tools=["box_select", "wheel_zoom"],
+                  title="Latent space (UMAP of the 128-d latent)", toolbar="above",
+                  xlim=data.x_range, ylim=data.y_range)
+    if kind == "D":
+        return _shade(points, kind, data).opts(
+            cmap="viridis", colorbar=True, clim=(0, 1), clabel="mean D", tools=["hover", *tools],
+            hover_tooltips=[("mean D", "@image{0.000}")], **common)
+    frame, _ = data.categorical(kind)
+    label = {value: name for name, value in COLOR_OPTIONS.items()}[kind]
+    hover_opts = (dict(tools=["hover", *tools], hover_tooltips=[(label, kind)],
+                       selector_in_hovertool=False) if hover else dict(tools=tools))
+    return _shade(hv.Points(frame, ["x", "y"], [kind]), kind, data, hover=hover).opts(
+        show_legend=True, legend_position="right", **hover_opts, **common)
+
+
+# --- the selected jets ------------------------------------------------------------------------
+_TABLE_COLUMNS = {"process": "process", "jet_sdmass": "mSD", "jet_pt": "pT", "jet_eta": "η"}
+_EXPORT_COLUMNS = ("event_id", "jet_rank", "process", "weight", "jet_label", "jet_pt", "jet_eta",
+                   "jet_phi", "jet_energy", "jet_sdmass", "jet_nparticles", "jet_tau1", "jet_tau2",
+                   "jet_tau3", "jet_tau4", "umap_x", "umap_y")
+
+
+def top_classes(analysis: DatasetAnalysis, rows: np.ndarray, k: int = 5,
+                chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """The library's top-``k`` classes of ``rows``, a chunk of rows at a time (a download of a
+    large selection never copies more than ``chunk`` rows of scores at once)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+    parts = [analysis.top_classes(rows[start:start + chunk], k=k)
+             for start in range(0, len(rows), chunk)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def jet_table(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discriminant,
+              k: int = 5) -> pd.DataFrame:
+    """One display row per jet: index, process, mSD, pT, η, D and the top-``k`` classes."""
+    rows = np.asarray(rows, dtype=np.int64)
+    dataset = analysis.dataset
+    data: dict[str, object] = {"jet": rows}
+    for column, title in _TABLE_COLUMNS.items():
+        if dataset.has(column):
+            values = dataset.column(column)[rows]
+            data[title] = (pd.Series(values, dtype=object) if column == "process"
+                           else np.round(values.astype(float), 2))
+    data["D"] = np.round(analysis.discriminant(discriminant)[rows].astype(float), 4)
+    if len(rows):
+        top, probabilities = analysis.top_classes(rows, k=k)
+    else:
+        top, probabilities = np.zeros((0, k), dtype=int), np.zeros((0, k))
+    for position in range(k):
+        # object dtype: the table widget does not serialise pandas' arrow-backed strings
+        data[f"top {position + 1}"] = pd.Series(
+            [f"{LABELS[c]} {p:.3f}" for c, p in zip(top[:, position], probabilities[:, position])],
+            dtype=object)
+    return pd.DataFrame(data)
+
+
+def selection_frame(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discriminant,
+                    k: int = 5) -> pl.DataFrame:
+    """The selected jets for download: the dataset's jet columns, D, ln(g_A/g_B), the top-``k``
+    classes and their probabilities."""
+    rows = np.asarray(rows, dtype=np.int64)
+    dataset = analysis.dataset
+    columns = {"jet": rows}
+    for name in _EXPORT_COLUMNS:
+        if dataset.has(name):
+            columns[name] = dataset.column(name)[rows]
+    columns["D"] = analysis.discriminant(discriminant)[rows]
+    columns["log_odds"] = analysis.log_odds(discriminant)[rows]
+    top, probabilities = top_classes(analysis, rows, k)
+    labels = np.array(LABELS, dtype=object)
+    for position in range(k):
+        columns[f"top{position + 1}_class"] = labels[top[:, position]] if len(rows) else \
+            np.zeros(0, dtype=object)
+        columns[f"top{position + 1}_prob"] = probabilities[:, position]
+    return pl.DataFrame({name: (list(values) if np.asarray(values).dtype == object else values)
+                         for name, values in columns.items()})
+
+
+class SelectionTable(ExplorerView):
+    """The selected jets, a page at a time, most signal-like (highest D) first; click a row to
+    show the jet; download the whole selection."""
+
+    page_size = param.Integer(default=12, bounds=(1, 500))
+    page = param.Integer(default=1, bounds=(1, None))
+
+    def __init__(self, explorer=None, **params):
+        super().__init__(explorer, **params)
+        self._table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True,
+                                           selectable=1, sizing_mode="stretch_width",
+                                           layout="fit_data_table", height=380,
+                                           css_classes=["selection-table"])
+        self._previous = pn.widgets.Button(label="‹ previous", width=90)
+        self._next = pn.widgets.Button(label="next ›", width=90)
+        self._page_info = pn.pane.HTML("", css_classes=["page-info"])
+        self._format = pn.widgets.RadioButtonGroup(options=["CSV", "Parquet"], value="CSV",
+                                                   color="primary", variant="outline")
+        self._download = pn.widgets.FileDownload(callback=self._download_file,
+                                                 filename="selection.csv",
+                                                 label="Download selection",
+                                                 color="primary", width=190)
+        self._previous.on_click(lambda e: self._turn(-1))
+        self._next.on_click(lambda e: self._turn(+1))
+        self._format.param.watch(self._on_format, "value")
+        self._table.param.watch(self._on_row, "selection")
+        self._rows = np.zeros(0, dtype=np.int64)
+        self.explorer.param.watch(self._reset, ["selection", "discriminant", "analysis"])
+        self.param.watch(self.refresh, ["page", "page_size"])
+        self.refresh()
+
+    @property
+    def n_pages(self) -> int:
+        count = 0 if self.explorer.selection is None else len(self.explorer.selection)
+        return max(1, -(-count // self.page_size))
+
+    def _turn(self, step: int) -> None:
+        self.page = int(np.clip(self.page + step, 1, self.n_pages))
+
+    def _reset(self, *events) -> None:
+        if self.page != 1:
+            self.page = 1  # refreshes
+        else:
+            self.refresh()
+
+    def page_rows(self) -> np.ndarray:
+        order = self.explorer.selection_order()
+        start = (self.page - 1) * self.page_size
+        return order[start:start + self.page_size]
+
+    def refresh(self, *events) -> None:
+        explorer = self.explorer
+        if not explorer.ready:
+            return
+        self._rows = self.page_rows()
+        frame = jet_table(explorer.analysis, self._rows, explorer.discriminant)
+        self._table.selection = []
+        self._table.value = frame
+        count = 0 if explorer.selection is None else len(explorer.selection)
+        self._page_info.object = (f"<span class='selected-jets'>{count:,}</span> selected jets · "
+                                  f"page {self.page} of {self.n_pages}")
+        self._previous.disabled = self.page <= 1
+        self._next.disabled = self.page >= self.n_pages
+        self._download.disabled = count == 0
+
+    def _on_row(self, event) -> None:
+        if event.new:
+            position = event.new[0]
+            if position < len(self._rows):
+                self.explorer.jet = int(self._rows[position])
+
+    def _on_format(self, event) -> None:
+        self._download.filename = "selection.csv" if event.new == "CSV" else "selection.parquet"
+
+    def _download_file(self):
+        explorer = self.explorer
+        frame = selection_frame(explorer.analysis, explorer.selection_order(),
+                                explorer.discriminant)
+        buffer = io.BytesIO()
+        if self._format.value == "CSV":
+            frame.write_csv(buffer)
+        else:
+            frame.write_parquet(buffer)
+        buffer.seek(0)
+        return buffer
+
+    def __panel__(self):
+        if not self.explorer.ready:
+            return problem_message(self.explorer)
+        return pn.Column(
+            pn.Row(self._previous, self._next, self._page_info, sizing_mode="stretch_width"),
+            self._table,
+            pn.Row(self._format, self._download),
+            sizing_mode="stretch_width", css_classes=["selection-table-view"])
+
+
+class LatentView(ExplorerView):
+    """The UMAP of every jet, datashaded, with box and lasso selection."""
+
+    color_by = param.Selector(default="process", objects=list(COLOR_OPTIONS.values()))
+    hover = param.Boolean(default=None, allow_None=True, doc="""
+        Name the category under the cursor (one sample jet per pixel); default: on up to
+        500k jets, off above (it about doubles the time to redraw).""")
+    plot_height = param.Integer(default=480)
+
+    def __init__(self, explorer=None, **params):
+        super().__init__(explorer, **params)
+        explorer = self.explorer
+        self._pane = pn.pane.HoloViews(sizing_mode="stretch_width", min_height=self.plot_height,
+                                       css_classes=["latent-plot"])
+        self._info = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["latent-info"])
+        self._note = pn.pane.HTML("", margin=(0, 10), sizing_mode="stretch_width")
+        self.table = SelectionTable(explorer)
+        self.streams: list[hv.streams.Stream] = []
+        if not explorer.has_latent:
+            return
+        self.data = latent_data(explorer.analysis)
+        options = {label: value for label, value in COLOR_OPTIONS.items()
+                   if self.data.available(value)}
+        self._color = pn.widgets.Select(label="Colour by", options=options, value=self.color_by,
+                                        width=200)
+        self._color.link(self, value="color_by")
+        if self.hover is None:
+            self.hover = explorer.dataset.n_jets <= HOVER_SAMPLE_MAX_JETS
+        self._hover = pn.widgets.Checkbox(label="hover names the category", value=self.hover,
+                                          width=190)
+        self._hover.link(self, value="hover")
+        self._clear = pn.widgets.Button(label="Clear selection", width=130)
+        self._clear.on_click(lambda e: explorer.clear_selection())
+        self.param.watch(self._build, ["color_by", "hover"])
+        explorer.param.watch(self._update_info, ["selection"])
+        explorer.param.watch(self._on_analysis, ["analysis"])
+        self._build()
+        self._update_info()
+
+    # --- the plot -------------------------------------------------------------------------
+    def _points(self, discriminant=None, **_) -> hv.Points:
+        explorer = self.explorer
+        values = explorer.analysis.discriminant(explorer.discriminant)
+        return hv.Points(self.data.continuous(values), ["x", "y"], ["D"])
+
+    def plot(self):
+        """The datashaded plot for the current colouring (a DynamicMap)."""
+        if self.color_by == "D":
+            points = hv.DynamicMap(self._points, streams=[
+                hv.streams.Params(self.explorer, ["discriminant"])])
+        else:
+            points = None
+        return latent_plot(self.data, self.color_by, points, height=self.plot_height,
+                           hover=self.hover)
+
+    def _build(self, *events) -> None:
+        for stream in self.streams:
+            stream.clear()
+            stream.source = None
+        plot = self.plot()
+        box = hv.streams.BoundsXY(source=plot)
+        lasso = hv.streams.Lasso(source=plot)
+        box.add_subscriber(self._on_box)
+        lasso.add_subscriber(self._on_lasso)
+        self.streams = [box, lasso]
+        self._pane.object = plot
+        note = (f" The {TOP_CLASSES_SHOWN} most frequent most-probable classes are coloured; "
+                "the rest are 'other'." if self.color_by == "top" else "")
+        self._note.object = (f"<small>All {self.explorer.dataset.n_jets:,} jets, datashaded."
+                             f"{note}</small>")
+
+    def _on_analysis(self, event) -> None:
+        if self.explorer.has_latent:
+            self.data = latent_data(self.explorer.analysis)
+            self._build()
+
+    # --- selection ------------------------------------------------------------------------
+    def _on_box(self, bounds=None, **_) -> None:
+        if bounds is None:
+            return
+        self.explorer.select_box(tuple(float(b) for b in bounds))
+
+    def _on_lasso(self, geometry=None, **_) -> None:
+        if geometry is None or len(geometry) < 3:
+            return
+        self.explorer.select_polygon(np.asarray(geometry, dtype=np.float64))
+
+    def _update_info(self, *events) -> None:
+        explorer = self.explorer
+        if explorer.selection is None:
+            self._info.object = ("<div class='latent-help'>Drag a box (or switch to the lasso in "
+                                 "the toolbar) to select jets: their spectrum is overlaid in the "
+                                 "spectrum view.</div>")
+            return
+        self._info.object = (f"<div class='latent-selection'><b><span class='latent-selected'>"
+                             f"{len(explorer.selection):,}</span> jets selected</b> "
+                             f"(<span class='latent-bounds'>"
+                             f"{html.escape(explorer.selection_label)}</span>)</div>")
+
+    def __panel__(self):
+        explorer = self.explorer
+        if not explorer.ready:
+            return problem_message(explorer)
+        if not explorer.has_latent:
+            return message("This dataset has no latent-space coordinates (columns `umap_x`, "
+                           "`umap_y`). Compute them with `sophon embed` and reopen it.", "warning",
+                           css_classes=["no-latent"])
+        return pn.Column(
+            pn.Row(self._color, pn.Column(self._clear, self._hover), self._info,
+                   sizing_mode="stretch_width"),
+            self._note,
+            self._pane,
+            pn.pane.Markdown("**Selected jets** (most signal-like first; click a row for the "
+                             "jet detail)", margin=(0, 10)),
+            self.table,
+            sizing_mode="stretch_width", css_classes=["latent-view"])
+
+
+def warm_up_latent(analysis: DatasetAnalysis) -> None:
+    """Build the shared latent frames and run the datashader operations once on the whole
+    dataset (compiling their kernels), so the first session's latent plot renders at full speed.
+    Pure computation: no Panel or bokeh objects, so it is safe in a background thread."""
+    if not (analysis.dataset.has("umap_x") and analysis.dataset.has("umap_y")):
+        return
+    data = latent_data(analysis)
+    frame, _ = data.categorical("process")
+    _shade(hv.Points(frame, ["x", "y"], ["process"]), "process", data, dynamic=False,
+           hover=analysis.dataset.n_jets <= HOVER_SAMPLE_MAX_JETS)
+    values = np.zeros(len(data.x), dtype=np.float32)
+    _shade(hv.Points(data.continuous(values), ["x", "y"], ["D"]), "D", data, dynamic=False)

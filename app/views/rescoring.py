@@ -1,0 +1,266 @@
+"""Rescoring: run a model file over the jets that carry constituents, in the background.
+
+Model files are listed from the configured models folder only (:func:`app.state.models_dir`).
+A job runs in a process-wide worker thread (one at a time, so concurrent requests queue instead of
+oversubscribing the CPU; torch and onnxruntime release the GIL, so other sessions stay
+responsive). It reads the constituents a chunk at a time, rescoring only jets with at least one
+particle (the others keep their scores), writes a new dataset to the configured output folder,
+loads it through the shared cache, and the session's views switch to it. The page polls the
+job for its progress bar. The same dataset rescored with the same model file is reused.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import panel as pn
+import param
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sophon.analysis import DatasetAnalysis
+from sophon.store import LATENT_DIM, SCORE_COLUMNS, DatasetMetadata, write_dataset
+
+from app.state import (DatasetProblem, list_models, load_analysis, models_dir, output_dir,
+                       resolve_model)
+from app.views.base import ExplorerView, problem_message
+
+__all__ = ["RescoringView", "RescoreJob", "submit", "gpu_present", "has_constituents"]
+
+log = logging.getLogger("sophon.app")
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophon-rescore")
+_JOBS: dict[Path, RescoreJob] = {}
+_JOBS_LOCK = threading.Lock()
+CHUNK_JETS = 4096
+
+
+def gpu_present() -> bool:
+    """A cheap guess (no torch import) whether a CUDA device exists on this machine."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def has_constituents(dataset) -> bool:
+    from sophon.features import REQUIRED_COLUMNS
+
+    return all(dataset.has(c) for c in REQUIRED_COLUMNS)
+
+
+@dataclass
+class RescoreJob:
+    """One rescoring of a dataset with a model file; shared by the sessions that ask for it."""
+
+    analysis: DatasetAnalysis
+    model: Path
+    device: str
+    output: Path
+    total: int = 0
+    done: int = 0
+    rescored: int = 0
+    state: str = "queued"  # queued, running, done, failed, cancelled
+    message: str = ""
+    result: DatasetAnalysis | None = None
+    started: float = field(default_factory=time.time)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    @property
+    def progress(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 0
+
+    def run(self) -> None:
+        try:
+            self.state = "running"
+            self._run()
+        except Exception as error:  # the page shows it; the server keeps serving
+            log.exception("rescoring %s with %s failed", self.analysis.dataset.path, self.model)
+            self.state, self.message = "failed", f"{type(error).__name__}: {error}"
+
+    def _run(self) -> None:
+        from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
+        from sophon.scoring import load_scorer
+
+        dataset = self.analysis.dataset
+        self.total = dataset.n_jets
+        if not has_constituents(dataset):
+            raise ValueError(f"{dataset.path}: no constituent columns to rescore")
+        if self.output.exists():
+            self.message = "found an earlier rescoring with this model; loading it"
+        else:
+            self.message = f"loading {self.model.name}"
+            # half the cores at most: the server's sessions keep the rest
+            scorer = load_scorer(self.model, device=self.device,
+                                 threads=max(1, (os.cpu_count() or 2) // 2))
+            self.message = f"scoring with {scorer.description}"
+            scores = np.array(dataset.scores, dtype=np.float32, order="C")
+            latents = (np.array(dataset.latents, dtype=np.float32) if dataset.has("latent")
+                       else np.zeros((dataset.n_jets, LATENT_DIM), dtype=np.float32))
+            offset = 0
+            for file in dataset.files:
+                for batch in pq.ParquetFile(file).iter_batches(batch_size=CHUNK_JETS,
+                                                               columns=list(REQUIRED_COLUMNS)):
+                    if self.cancel.is_set():
+                        self.state, self.message = "cancelled", "cancelled"
+                        return
+                    ragged = ragged_inputs(batch, source_name=str(file))
+                    keep = ragged.multiplicity > 0
+                    if keep.any():
+                        offsets = np.append(ragged.offsets[:-1][keep], ragged.offsets[-1])
+                        subset = RaggedInputs(ragged.features, ragged.vectors, offsets,
+                                              ragged.max_particles)
+                        probabilities, latent = scorer.score_ragged(subset)
+                        rows = offset + np.flatnonzero(keep)
+                        scores[rows] = probabilities
+                        latents[rows] = latent
+                        self.rescored += int(keep.sum())
+                    offset += batch.num_rows
+                    self.done = offset
+            self.message = "writing the rescored dataset"
+            kept = [c for c in dataset.columns if c not in set(SCORE_COLUMNS) and c != "latent"]
+            table = pa.concat_tables([pq.read_table(f, columns=kept) for f in dataset.files])
+            jets = {name: table.column(name).combine_chunks() for name in kept}
+            metadata = DatasetMetadata(
+                luminosity_fb=dataset.metadata.luminosity_fb, model_id=scorer.model_id,
+                extra={**dataset.metadata.extra, "rescored_from": str(dataset.path),
+                       "rescored_jets": self.rescored, "scorer": scorer.description})
+            write_dataset(self.output, jets, scores=scores, latents=latents, metadata=metadata)
+        self.done = self.total
+        self.message = "loading the rescored dataset"
+        loaded = load_analysis(self.output)
+        if isinstance(loaded, DatasetProblem):
+            raise ValueError(loaded.message)
+        self.result = loaded
+        self.state = "done"
+        self.message = (f"rescored {self.rescored:,} jets in {time.time() - self.started:.1f} s"
+                        if self.rescored else "loaded the earlier rescoring")
+
+
+def output_path(analysis: DatasetAnalysis, model: Path) -> Path:
+    from sophon.model import file_digest
+
+    stem = analysis.dataset.path.stem or "dataset"
+    return output_dir() / f"{stem}-rescored-{model.stem}-{file_digest(model, 10)}.parquet"
+
+
+def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto") -> RescoreJob:
+    """Start (or join) the rescoring of ``analysis``'s dataset with ``model``."""
+    output = output_path(analysis, model)
+    with _JOBS_LOCK:
+        job = _JOBS.get(output)
+        if job is not None and job.state in ("queued", "running"):
+            return job
+        job = RescoreJob(analysis=analysis, model=model, device=device, output=output)
+        _JOBS[output] = job
+    _EXECUTOR.submit(job.run)
+    return job
+
+
+class RescoringView(ExplorerView):
+    """Pick a model file and a device; rescore with a progress bar; the views follow."""
+
+    poll_ms = param.Integer(default=400)
+
+    def __init__(self, explorer=None, **params):
+        super().__init__(explorer, **params)
+        self.job: RescoreJob | None = None
+        self._callback = None
+        devices = ["auto", "cpu"] + (["cuda"] if gpu_present() else [])
+        self._model = pn.widgets.Select(label="Model file", options=list_models(), width=320)
+        self._refresh = pn.widgets.Button(label="↻", width=40,
+                                          description="list the models again")
+        self._device = pn.widgets.RadioButtonGroup(label="Device", options=devices, value="auto",
+                                                   color="primary", variant="outline")
+        self._start = pn.widgets.Button(label="Rescore", color="primary", width=120)
+        self._stop = pn.widgets.Button(label="Cancel", width=90, disabled=True)
+        self._progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
+                                                visible=False, bar_color="primary")
+        self._status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["rescore-status"])
+        self._refresh.on_click(lambda e: self._list_models())
+        self._start.on_click(lambda e: self.start())
+        self._stop.on_click(lambda e: self.cancel())
+        self._update_availability()
+
+    def _list_models(self) -> None:
+        self._model.options = list_models()
+        self._update_availability()
+
+    def _update_availability(self) -> None:
+        explorer = self.explorer
+        reasons = []
+        if explorer.ready and not has_constituents(explorer.dataset):
+            reasons.append("this dataset stores no constituents (`part_*` columns), so there is "
+                           "nothing to rescore")
+        if not self._model.options:
+            reasons.append(f"no model files (.onnx, .pt) in the models folder `{models_dir()}` "
+                           "(start the app with `--args --models DIR` or set `SOPHON_MODELS`)")
+        self._start.disabled = bool(reasons) or not explorer.ready
+        self._status.object = ("<br>".join(f"⚠ {html.escape(r)}" for r in reasons)
+                               if reasons else "")
+
+    def start(self) -> RescoreJob | None:
+        explorer = self.explorer
+        try:
+            model = resolve_model(self._model.value or "")
+        except ValueError as error:
+            self._status.object = f"⚠ {html.escape(str(error))}"
+            return None
+        self.job = submit(explorer.analysis, model, self._device.value)
+        self._start.disabled = True
+        self._stop.disabled = False
+        self._progress.visible = True
+        if pn.state.curdoc is not None or pn.state._is_pyodide:
+            self._callback = pn.state.add_periodic_callback(self.poll, period=self.poll_ms)
+        self.poll()
+        return self.job
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel.set()
+
+    def poll(self) -> None:
+        """Show the job's progress; when it is done, switch the session to the new dataset."""
+        job = self.job
+        if job is None:
+            return
+        self._progress.value = job.progress
+        self._status.object = (f"{html.escape(job.state)}: {job.done:,} / {job.total:,} jets"
+                               f" — {html.escape(job.message)}")
+        if not job.finished:
+            return
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+        self._stop.disabled = True
+        self._start.disabled = False
+        if job.state == "done" and job.result is not None:
+            self.explorer.analysis = job.result
+            self._status.object = (f"✓ {html.escape(job.message)}; the views now show "
+                                   f"<code>{html.escape(job.output.name)}</code>. The latent map "
+                                   "keeps the original UMAP coordinates.")
+        elif job.state == "failed":
+            self._status.object = f"✗ rescoring failed: {html.escape(job.message)}"
+
+    def __panel__(self):
+        if not self.explorer.ready:
+            return problem_message(self.explorer)
+        return pn.Column(
+            pn.pane.Markdown("Rescore the jets that carry constituents with a model file from "
+                             f"the models folder (`{models_dir()}`). The job runs in the "
+                             "background; other users are not blocked.",
+                             sizing_mode="stretch_width"),
+            pn.Row(self._model, self._refresh, pn.Column(pn.pane.HTML("<small>device</small>",
+                                                                      margin=(0, 5)),
+                                                         self._device)),
+            pn.Row(self._start, self._stop), self._progress, self._status,
+            sizing_mode="stretch_width", css_classes=["rescoring"])

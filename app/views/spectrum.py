@@ -1,0 +1,279 @@
+"""Jet mSD spectra versus efficiency (the paper's Fig. 3), the per-process stack, the yield.
+
+The curves are the spectra of the jets passing the discriminant cut at each efficiency from 1 to
+1e-4 (log-spaced), colour-graded from the loosest to the tightest cut; the chosen efficiency is
+drawn thicker. Everything is a slice of the session's one :class:`~sophon.spectrum.EfficiencyScan`:
+the efficiency slider and player only re-slice it.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import panel as pn
+import param
+
+from sophon.spectrum import EfficiencyScan
+
+from app.explorer import EFFICIENCIES, Explorer
+from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number
+from app.views.base import ExplorerView, message, problem_message
+
+__all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
+           "link_widget", "scan_summary"]
+
+
+def toggle(**params) -> pn.widgets.RadioButtonGroup:
+    """A button group whose chosen button is filled."""
+    return pn.widgets.RadioButtonGroup(color="primary", variant="outline", **params)
+
+
+def link_widget(widget, explorer: Explorer, name: str, *, attribute: str = "value") -> None:
+    """Keep ``widget.<attribute>`` and ``explorer.<name>`` equal, both ways."""
+    def to_explorer(event):
+        if getattr(explorer, name) != event.new:
+            setattr(explorer, name, event.new)
+
+    def to_widget(event):
+        if getattr(widget, attribute) != event.new:
+            setattr(widget, attribute, event.new)
+
+    widget.param.watch(to_explorer, attribute)
+    explorer.param.watch(to_widget, name)
+
+
+def efficiency_widgets(explorer: Explorer) -> tuple[pn.widgets.DiscreteSlider,
+                                                    pn.widgets.DiscretePlayer]:
+    """A slider and a player over the scan's efficiencies, both bound to ``explorer.efficiency``."""
+    options = {efficiency_label(e): e for e in EFFICIENCIES}
+    slider = pn.widgets.DiscreteSlider(label="Efficiency", options=options,
+                                       value=EFFICIENCIES[explorer.level],
+                                       sizing_mode="stretch_width",
+                                       css_classes=["efficiency-slider"])
+    player = pn.widgets.DiscretePlayer(label="Play over efficiency", options=list(EFFICIENCIES),
+                                       value=EFFICIENCIES[explorer.level], interval=800,
+                                       show_value=False, loop_policy="once", width=300,
+                                       show_loop_controls=False,
+                                       visible_buttons=["slower", "previous", "pause", "play",
+                                                        "next", "faster"])
+    link_widget(slider, explorer, "efficiency")
+    link_widget(player, explorer, "efficiency")
+    return slider, player
+
+
+def curve_values(scan: EfficiencyScan, level: int, *, normalise: bool = False,
+                 scale: float = 1.0) -> np.ndarray:
+    """(bins,) what the curve at ``level`` shows: events at the chosen luminosity, or unit area."""
+    values = scan.spectrum(level).astype(np.float64)
+    if normalise:
+        total = values.sum()
+        return values / total if total > 0 else np.zeros_like(values)
+    return values * scale
+
+
+def stack_values(scan: EfficiencyScan, level: int, *, normalise: bool = False,
+                 scale: float = 1.0) -> np.ndarray:
+    """(processes, bins) the per-process stack at ``level``."""
+    stack = scan.stack(level).astype(np.float64)
+    if normalise:
+        total = stack.sum()
+        return stack / total if total > 0 else np.zeros_like(stack)
+    return stack * scale
+
+
+def y_label(explorer: Explorer) -> str:
+    if explorer.normalise:
+        return "fraction / bin"
+    if explorer.weighted and explorer.luminosity:
+        return f"events / bin ({explorer.luminosity:g} fb⁻¹)"
+    return "jets / bin"
+
+
+def scan_summary(explorer: Explorer, scan: EfficiencyScan | None, *, unit: str = "jets",
+                 reference: str | None = None, event_level: bool = False) -> str:
+    """HTML: the chosen efficiency, its cut, the selected count and the weighted yield."""
+    if scan is None:
+        return ""
+    level = min(explorer.level, scan.n_levels - 1)
+    threshold = float(scan.thresholds[level])
+    count = scan.selected_jets(level)
+    weighted = scan.selected_yield(level) * explorer.scale
+    if reference is None:
+        reference = "QCD jets" if explorer.reference == "QCD" else "all jets"
+    luminosity = (f" at {explorer.luminosity:g} fb⁻¹"
+                  if explorer.weighted and explorer.luminosity else "")
+    if event_level:
+        cut = f"D<sub>j1</sub> + D<sub>j2</sub> ≥ {threshold:.4g}"
+    else:
+        with np.errstate(over="ignore"):
+            d_cut = 1.0 / (1.0 + np.exp(-threshold)) if np.isfinite(threshold) else float("nan")
+        cut = f"ln(g<sub>A</sub>/g<sub>B</sub>) ≥ {threshold:.3g} (D ≥ {d_cut:.4g})"
+    per_process = " · ".join(
+        f"{html.escape(name)} {format_number(value * explorer.scale)}"
+        for name, value in zip(scan.process_names, scan.sum_of_weights[level].sum(axis=1)))
+    return (f"<div class='scan-summary'>"
+            f"<b>ε = {efficiency_label(scan.efficiencies[level])}</b> of {reference} · "
+            f"cut {cut}<br>"
+            f"<b>Selected {unit}: <span class='selected-count'>{count:,}</span></b> · "
+            f"<b>weighted yield: <span class='selected-yield'>{format_number(weighted)}</span>"
+            f"</b> events{luminosity}<br>"
+            f"<span style='font-size:0.85em;color:#555'>per process: {per_process}</span></div>")
+
+
+class ScanView(ExplorerView):
+    """Curves at every efficiency + the stack at the chosen one, for one scan of the explorer
+    (the jet scan here, the event scan in :class:`~app.views.events.EventView`)."""
+
+    export_format = param.Selector(default="PNG", objects=["PNG", "SVG"],
+                                   doc="What the plots' save tool writes.")
+    plot_height = param.Integer(default=330)
+
+    scan_name = "scan"
+    overlay_name: str | None = "selection_scan"
+    xlabel = "jet mSD [GeV]"
+    curves_title = "Jet mSD at each efficiency"
+    stack_title = "Per-process stack at the chosen efficiency"
+    show_window = True
+
+    def __init__(self, explorer=None, **params):
+        super().__init__(explorer, **params)
+        self._curves_pane = pn.pane.Bokeh(sizing_mode="stretch_width")
+        self._stack_pane = pn.pane.Bokeh(sizing_mode="stretch_width")
+        self.curves_plot: CurvesPlot | None = None
+        self.stack_plot: StackPlot | None = None
+        self._stats = pn.pane.HTML("", sizing_mode="stretch_width",
+                                   css_classes=[f"{self.scan_name}-stats"])
+        self._error = message("", "danger", visible=False)
+        if self.explorer.ready:
+            self._build_figures()
+            watched = [self.scan_name, "efficiency", "normalise", "luminosity", "window", "error"]
+            if self.overlay_name:
+                watched.append(self.overlay_name)
+            self.explorer.param.watch(self.refresh, watched)
+            self.explorer.param.watch(self._build_figures, ["analysis"])
+            self.explorer.param.watch(self._on_log_y, ["log_y"])
+            self.param.watch(self._on_format, ["export_format"])
+
+    def _build_figures(self, *events) -> None:
+        """New figures: at start, or for a new dataset."""
+        explorer = self.explorer
+        if not explorer.ready:
+            return
+        labels = [f"ε = {efficiency_label(e)}" for e in EFFICIENCIES]
+        self.curves_plot = CurvesPlot(labels, title=self.curves_title, xlabel=self.xlabel,
+                                      ylabel=y_label(explorer), log_y=explorer.log_y,
+                                      export_format=self.export_format, height=self.plot_height,
+                                      overlay_label=("latent selection" if self.overlay_name
+                                                     else None))
+        self.stack_plot = StackPlot(explorer.dataset.process_names, title=self.stack_title,
+                                    xlabel=self.xlabel, ylabel=y_label(explorer),
+                                    log_y=explorer.log_y, export_format=self.export_format,
+                                    height=self.plot_height)
+        self.refresh()
+        self._curves_pane.object = self.curves_plot.figure
+        self._stack_pane.object = self.stack_plot.figure
+
+    def _on_log_y(self, event) -> None:
+        """Switch the axes in place and redraw (zeros are gaps on a log axis)."""
+        for plot in (self.curves_plot, self.stack_plot):
+            if plot is not None:
+                plot.set_log_y(event.new)
+        self.refresh()
+
+    def _on_format(self, event) -> None:
+        """Bokeh fixes a figure's output backend when it is drawn: new figures in the format."""
+        self._build_figures()
+
+    @property
+    def current_scan(self) -> EfficiencyScan | None:
+        return getattr(self.explorer, self.scan_name)
+
+    def curves(self) -> np.ndarray:
+        """(levels, bins) what the curves show now."""
+        explorer, scan = self.explorer, self.current_scan
+        return np.array([curve_values(scan, level, normalise=explorer.normalise,
+                                      scale=explorer.scale) for level in range(scan.n_levels)])
+
+    def refresh(self, *events) -> None:
+        """Re-slice the current scan into the figures and the summary (no jet is touched)."""
+        explorer, scan = self.explorer, self.current_scan
+        self._error.object = html.escape(explorer.error)
+        self._error.visible = bool(explorer.error)
+        if scan is None or self.curves_plot is None:
+            self._stats.object = ""
+            return
+        level = min(explorer.level, scan.n_levels - 1)
+        overlay_scan = getattr(explorer, self.overlay_name) if self.overlay_name else None
+        overlay = (None if overlay_scan is None else
+                   curve_values(overlay_scan, level, normalise=explorer.normalise,
+                                scale=explorer.scale))
+        ylabel = y_label(explorer)
+        self.curves_plot.update(scan.binning.edges, self.curves(), level, overlay, ylabel)
+        self.stack_plot.update(scan.binning.edges,
+                               stack_values(scan, level, normalise=explorer.normalise,
+                                            scale=explorer.scale),
+                               explorer.window if self.show_window else None, ylabel)
+        self._stats.object = self.summary()
+
+    def summary(self) -> str:
+        explorer = self.explorer
+        text = scan_summary(explorer, explorer.scan)
+        if explorer.selection is not None and explorer.selection_scan is not None:
+            level = explorer.level
+            selected = explorer.selection_scan
+            text += (f"<div class='selection-summary'>Latent selection "
+                     f"({html.escape(explorer.selection_label)}): "
+                     f"<b><span class='selection-count'>{len(explorer.selection):,}</span></b> "
+                     f"jets; passing the cut: <b>{selected.selected_jets(level):,}</b> "
+                     f"(yield {format_number(selected.selected_yield(level) * explorer.scale)})"
+                     "</div>")
+        return text
+
+    def controls(self) -> pn.viewable.Viewable:
+        return pn.Row()
+
+    def __panel__(self):
+        if not self.explorer.ready:
+            return problem_message(self.explorer)
+        return pn.Column(self.controls(), self._stats, self._error,
+                         pn.Row(self._curves_pane, self._stack_pane, sizing_mode="stretch_width"),
+                         sizing_mode="stretch_width", css_classes=[f"{self.scan_name}-view"])
+
+
+class SpectrumView(ScanView):
+    """Jet mSD spectrum versus efficiency, the per-process stack and the selected yield.
+
+    Controls: efficiency slider and player; absolute (events at the luminosity) or normalised;
+    log or linear; efficiency counted over all jets or over QCD jets; the save tool's format.
+    """
+
+    def __init__(self, explorer=None, **params):
+        super().__init__(explorer, **params)
+        explorer = self.explorer
+        self._slider, self._player = efficiency_widgets(explorer)
+        self._mode = toggle(options={"absolute": False, "normalised": True},
+                                                 value=explorer.normalise)
+        self._yscale = toggle(options={"log": True, "linear": False},
+                                                   value=explorer.log_y)
+        self._reference = toggle(
+            options={"ε over all jets": "all", "ε over QCD jets": "QCD"},
+            value=explorer.reference)
+        self._luminosity = pn.widgets.FloatInput(label="Luminosity (fb⁻¹)", start=0, step=10,
+                                                 value=explorer.luminosity, width=130,
+                                                 disabled=not explorer.weighted)
+        self._format = toggle(options=["PNG", "SVG"], value=self.export_format)
+        link_widget(self._mode, explorer, "normalise")
+        link_widget(self._yscale, explorer, "log_y")
+        link_widget(self._reference, explorer, "reference")
+        link_widget(self._luminosity, explorer, "luminosity")
+        self._format.link(self, value="export_format")
+
+    def controls(self):
+        return pn.Row(
+            pn.Column(self._slider, self._player, width=330),
+            pn.Column(pn.Row(self._mode, self._yscale), self._reference),
+            self._luminosity,
+            pn.Column(pn.pane.HTML("<small>save tool writes</small>", margin=(0, 5)),
+                      self._format),
+            sizing_mode="stretch_width")
