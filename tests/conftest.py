@@ -18,6 +18,19 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def reference_parquet(reference_dir) -> Path:
+    """100 real JetClass-II jets in the published parquet schema."""
+    return reference_dir / "JetClassII_example.parquet"
+
+
+@pytest.fixture(scope="session")
+def reference_table(reference_parquet):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(reference_parquet)
+
+
+@pytest.fixture(scope="session")
 def synthetic_path(tmp_path_factory) -> Path:
     """A 20k-jet SYNTHETIC dataset file (test data only, not physics)."""
     from sophon.synthetic import write_synthetic_dataset

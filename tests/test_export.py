@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 import torch
 
@@ -14,16 +14,12 @@ from sophon.export import INPUT_NAMES, N_OUTPUTS, OUTPUT_NAME, ModelOutputError,
 from sophon.features import build_inputs, ragged_inputs
 from sophon.model import SophonModel, randomize_weights_, sophon_config
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-PARQUET = REFERENCE / "JetClassII_example.parquet"
 ONNX_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def table():
-    if not PARQUET.is_file():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    return pq.read_table(PARQUET)
+def table(reference_table) -> pa.Table:
+    return reference_table
 
 
 @pytest.fixture(scope="module")

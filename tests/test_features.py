@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from sophon.features import (MAX_PARTICLES, PARTICLE_COLUMNS, MissingColumnError, build_inputs,
                              ragged_inputs)
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-PARQUET = REFERENCE / "JetClassII_example.parquet"
 
 
 @pytest.fixture(scope="module")
-def table() -> pa.Table:
-    if not PARQUET.is_file():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    return pq.read_table(PARQUET)
+def table(reference_table) -> pa.Table:
+    return reference_table
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,16 +19,13 @@ from sophon.model import (SOPHON_PARAMETER_COUNT, Block, SophonModel, _explicit_
                           config_from_state_dict, count_parameters, load_checkpoint,
                           pairwise_features, randomize_weights_, save_checkpoint, sophon_config)
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-PARQUET = REFERENCE / "JetClassII_example.parquet"
 ORACLE_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def reference_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-    if not PARQUET.is_file():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    inputs = build_inputs(pq.read_table(PARQUET))
+def reference_inputs(reference_table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                np.ndarray]:
+    inputs = build_inputs(reference_table)
     return (torch.from_numpy(inputs.pf_features), torch.from_numpy(inputs.pf_vectors),
             torch.from_numpy(inputs.pf_mask), inputs.multiplicity)
 

@@ -19,15 +19,11 @@ from sophon.model import SophonModel, randomize_weights_, save_checkpoint, sopho
 from sophon.scoring import TorchScorer, load_scorer, part_path, score_files, score_table
 from sophon.store import JetDataset
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-PARQUET = REFERENCE / "JetClassII_example.parquet"
 
 
 @pytest.fixture(scope="module")
-def table() -> pa.Table:
-    if not PARQUET.is_file():
-        pytest.skip(f"reference data not found at {REFERENCE}")
-    return pq.read_table(PARQUET)
+def table(reference_table) -> pa.Table:
+    return reference_table
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +101,12 @@ def test_score_table_keeps_the_jet_columns(model, table, expected):
     assert latents.shape == (30, 128)
 
 
-def test_cli_turns_the_reference_parquet_into_a_dataset(checkpoint, table, expected, tmp_path):
+def test_cli_turns_the_reference_parquet_into_a_dataset(checkpoint, table, expected, tmp_path,
+                                                        reference_parquet):
     output = tmp_path / "dataset"
-    assert run(str(PARQUET), "--model", str(checkpoint), "-o", str(output), "--device", "cpu") == 0
-    part = part_path(output, PARQUET)
+    assert run(str(reference_parquet), "--model", str(checkpoint), "-o", str(output),
+               "--device", "cpu") == 0
+    part = part_path(output, reference_parquet)
     assert part.is_file() and not [p for p in output.iterdir() if p.name.startswith(".")]
     dataset = JetDataset(output)  # validates: finite scores summing to 1, masses, ...
     assert len(dataset) == 100
