@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sophon.analysis import DatasetAnalysis
+from sophon.manifest import ManifestError, verify_path
 from sophon.store import DatasetError, JetDataset
 
 __all__ = [
@@ -187,9 +188,10 @@ def load_analysis(path: str | os.PathLike) -> DatasetAnalysis | DatasetProblem:
                 return _ANALYSES[key]
         start = time.perf_counter()
         try:
+            verify_path(key)  # a shipped dataset must match its data_manifest.yaml checksum
             analysis = DatasetAnalysis(JetDataset(key))
             warm_up(analysis)
-        except DatasetError as error:
+        except (DatasetError, ManifestError) as error:
             return DatasetProblem(Path(path), str(error))
         except (OSError, ValueError, KeyError, MemoryError) as error:
             log.exception("cannot open dataset %s", path)
