@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from sophon.analysis import DatasetAnalysis
-from sophon.manifest import ManifestError, verify_path
+from sophon.manifest import DEFAULT_DATASET, REPOSITORY_ROOT, ManifestError, verify_path
 from sophon.store import DatasetError, JetDataset
 
 __all__ = [
@@ -55,8 +55,8 @@ __all__ = [
 
 log = logging.getLogger("sophon.app")
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / "data" / "default"
+ROOT = REPOSITORY_ROOT
+DEFAULT_DATA = DEFAULT_DATASET
 MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript")
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ManifestError", "ManifestEntry", "load_manifest", "sha256_file", "verify",
-           "verify_path", "REPOSITORY_ROOT", "DEFAULT_MANIFEST"]
+           "verify_path", "REPOSITORY_ROOT", "DEFAULT_MANIFEST", "DEFAULT_DATASET"]
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPOSITORY_ROOT / "data_manifest.yaml"
+# the embedded default dataset: the scored SM collision sample the app opens unless told otherwise
+DEFAULT_DATASET = REPOSITORY_ROOT / "data" / "default"
 
 
 class ManifestError(ValueError):
