@@ -224,8 +224,39 @@ def _softdrop_kernel():
     if _KERNEL is None:
         import numba
 
+        # the kernel's helpers must be compiled functions too; rebinding the module names
+        # lets the kernel (and any Python caller) reach the compiled versions
+        global _rapidity_phi, _angular_distance2
+        _rapidity_phi = numba.njit(cache=True, nogil=True)(_rapidity_phi)
+        _angular_distance2 = numba.njit(cache=True, nogil=True)(_angular_distance2)
         _KERNEL = numba.njit(cache=True, nogil=True)(_softdrop_python)
     return _KERNEL
+
+
+def _rapidity_phi(px, py, pz, e):  # pragma: no cover - compiled
+    """FastJet's rapidity and phi in [0, 2 pi) of a four-momentum (GeV)."""
+    kt2 = px * px + py * py
+    m2 = max(e * e - kt2 - pz * pz, 0.0)
+    e_plus_pz = e + abs(pz)
+    if kt2 + m2 == 0.0:
+        rapidity = 1e5 if pz >= 0 else -1e5
+    else:
+        rapidity = 0.5 * np.log((kt2 + m2) / (e_plus_pz * e_plus_pz))
+        if pz > 0:
+            rapidity = -rapidity
+    phi = np.arctan2(py, px) if kt2 > 0 else 0.0
+    if phi < 0:
+        phi += 2.0 * np.pi
+    return rapidity, phi
+
+
+def _angular_distance2(rapidity_a, phi_a, rapidity_b, phi_b):  # pragma: no cover - compiled
+    """Delta R squared in (rapidity, phi), phi difference folded into [0, pi]."""
+    dphi = abs(phi_a - phi_b)
+    if dphi > np.pi:
+        dphi = 2.0 * np.pi - dphi
+    dy = rapidity_a - rapidity_b
+    return dy * dy + dphi * dphi
 
 
 def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cover - compiled
@@ -233,7 +264,6 @@ def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cove
     followed by the soft-drop walk along the harder (larger-pT) branch, for every jet."""
     n_jets = len(offsets) - 1
     out = np.zeros(n_jets)
-    two_pi = 2.0 * np.pi
     for jet in range(n_jets):
         start = offsets[jet]
         n = offsets[jet + 1] - start
@@ -261,20 +291,7 @@ def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cove
         for k in range(n):
             slot[k] = k
         for k in range(n):
-            kt2 = vx[k] * vx[k] + vy[k] * vy[k]
-            m2 = max(ve[k] * ve[k] - kt2 - vz[k] * vz[k], 0.0)
-            e_plus_pz = ve[k] + abs(vz[k])
-            if kt2 + m2 == 0.0:
-                r = 1e5 if vz[k] >= 0 else -1e5
-            else:
-                r = 0.5 * np.log((kt2 + m2) / (e_plus_pz * e_plus_pz))
-                if vz[k] > 0:
-                    r = -r
-            rap[k] = r
-            f = np.arctan2(vy[k], vx[k]) if kt2 > 0 else 0.0
-            if f < 0:
-                f += two_pi
-            phi[k] = f
+            rap[k], phi[k] = _rapidity_phi(vx[k], vy[k], vz[k], ve[k])
         # initial nearest neighbours
         for a in range(n):
             best = np.inf
@@ -282,11 +299,7 @@ def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cove
             for b in range(n):
                 if b == a:
                     continue
-                dphi = abs(phi[slot[a]] - phi[slot[b]])
-                if dphi > np.pi:
-                    dphi = two_pi - dphi
-                dy = rap[slot[a]] - rap[slot[b]]
-                d = dy * dy + dphi * dphi
+                d = _angular_distance2(rap[slot[a]], phi[slot[a]], rap[slot[b]], phi[slot[b]])
                 if d < best:
                     best = d
                     best_b = b
@@ -309,20 +322,7 @@ def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cove
             ve[node] = ve[i] + ve[j]
             left[node] = i
             right[node] = j
-            kt2 = vx[node] * vx[node] + vy[node] * vy[node]
-            m2 = max(ve[node] * ve[node] - kt2 - vz[node] * vz[node], 0.0)
-            e_plus_pz = ve[node] + abs(vz[node])
-            if kt2 + m2 == 0.0:
-                r = 1e5 if vz[node] >= 0 else -1e5
-            else:
-                r = 0.5 * np.log((kt2 + m2) / (e_plus_pz * e_plus_pz))
-                if vz[node] > 0:
-                    r = -r
-            rap[node] = r
-            f = np.arctan2(vy[node], vx[node]) if kt2 > 0 else 0.0
-            if f < 0:
-                f += two_pi
-            phi[node] = f
+            rap[node], phi[node] = _rapidity_phi(vx[node], vy[node], vz[node], ve[node])
             slot[a] = node
             active[b] = False
             # refresh nearest neighbours
@@ -335,22 +335,15 @@ def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cove
                     for q in range(n):
                         if q == k or not active[q]:
                             continue
-                        dphi = abs(phi[slot[k]] - phi[slot[q]])
-                        if dphi > np.pi:
-                            dphi = two_pi - dphi
-                        dy = rap[slot[k]] - rap[slot[q]]
-                        d = dy * dy + dphi * dphi
+                        d = _angular_distance2(rap[slot[k]], phi[slot[k]], rap[slot[q]],
+                                               phi[slot[q]])
                         if d < best_d:
                             best_d = d
                             best_k = q
                     nn_dist[k] = best_d
                     nn_slot[k] = best_k
                 else:
-                    dphi = abs(phi[slot[k]] - phi[node])
-                    if dphi > np.pi:
-                        dphi = two_pi - dphi
-                    dy = rap[slot[k]] - rap[node]
-                    d = dy * dy + dphi * dphi
+                    d = _angular_distance2(rap[slot[k]], phi[slot[k]], rap[node], phi[node])
                     if d < nn_dist[k]:
                         nn_dist[k] = d
                         nn_slot[k] = a
@@ -363,11 +356,8 @@ def _softdrop_python(offsets, px, py, pz, e, zcut, beta, r0):  # pragma: no cove
             z = min(pt1, pt2) / (pt1 + pt2) if pt1 + pt2 > 0 else 0.0
             threshold = zcut
             if beta != 0.0:
-                dphi = abs(phi[c1] - phi[c2])
-                if dphi > np.pi:
-                    dphi = two_pi - dphi
-                dy = rap[c1] - rap[c2]
-                threshold = zcut * (np.sqrt(dy * dy + dphi * dphi) / r0) ** beta
+                delta_r = np.sqrt(_angular_distance2(rap[c1], phi[c1], rap[c2], phi[c2]))
+                threshold = zcut * (delta_r / r0) ** beta
             if z > threshold:
                 break
             current = c1 if pt1 >= pt2 else c2
