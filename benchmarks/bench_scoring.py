@@ -21,7 +21,6 @@ largest probability difference from the fp32 reference (target: <= 1e-3) and whe
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import tempfile
 import time
@@ -36,6 +35,7 @@ import torch
 
 from sophon.export import OnnxScorer, export_onnx
 from sophon.features import RaggedInputs, ragged_inputs
+from sophon.oracle import weaver_reference
 from sophon.model import SophonModel, randomize_weights_
 from sophon.scoring import TorchScorer
 
@@ -70,34 +70,6 @@ def rate(function, n_jets: int, repeats: int = 1, warm_up=None) -> tuple[float, 
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return n_jets / best, result
-
-
-def weaver_reference(model: SophonModel):
-    """weaver-core's ParticleTransformer with ``model``'s weights (None when not installed)."""
-    try:
-        from weaver.nn.model.ParticleTransformer import ParticleTransformer
-    except ImportError:
-        return None
-    logging.getLogger("weaver").setLevel(logging.WARNING)
-
-    class Reference(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mod = ParticleTransformer(
-                input_dim=17, num_classes=188, pair_input_dim=4, use_pre_activation_pair=True,
-                embed_dims=[128, 512, 128], pair_embed_dims=[64, 64, 64], num_heads=8, num_layers=8,
-                num_cls_layers=2, cls_block_params={"dropout": 0, "attn_dropout": 0,
-                                                    "activation_dropout": 0},
-                fc_params=[(512, 0.1)], activation="gelu", for_inference=True)
-
-        def forward(self, features, vectors, mask):
-            x, padding_mask = self.mod._forward_encoder(features, v=vectors, mask=mask)
-            latent = self.mod._forward_aggregator(x, padding_mask)
-            return torch.softmax(self.mod.fc(latent).float(), dim=1), latent
-
-    reference = Reference().eval()
-    reference.load_state_dict(model.state_dict(), strict=True)
-    return reference
 
 
 def padded_eager(network, inputs, device: str, batch_size: int, dtype=None) -> np.ndarray:
@@ -179,7 +151,7 @@ def cpu_section(model: SophonModel, table: pa.Table, args: argparse.Namespace) -
             Contender(f"torch eager fp32, one batch, 128 slots ({slow_jets} jets)",
                       lambda: padded_eager(model, slow_padded, "cpu", slow_jets), slow_jets),
         ]
-        weaver = weaver_reference(model)
+        weaver = weaver_reference(model.state_dict())
         if weaver is not None:
             contenders.append(Contender(
                 f"weaver-core eager fp32, one batch, 128 slots ({slow_jets} jets)",
@@ -221,7 +193,7 @@ def accelerator_section(model: SophonModel, table: pa.Table, args: argparse.Name
     print(f"\nCUDA ({label}): {n_jets} jets, {ragged.multiplicity.mean():.1f} particles on average")
     reference_jets = min(args.cuda_reference_jets, n_jets)
     padded = ragged_inputs(table.slice(0, reference_jets)).padded()
-    weaver = weaver_reference(model)
+    weaver = weaver_reference(model.state_dict())
     if weaver is None:
         print("  (weaver-core not installed: the reference rows run our model at 128 slots)")
         weaver = SophonModel(model.config).eval()

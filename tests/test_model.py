@@ -6,7 +6,6 @@ loaded with the same seeded random weights, it must give the same outputs on the
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sophon.features import build_inputs
+from sophon.oracle import weaver_reference
 from sophon.model import (SOPHON_PARAMETER_COUNT, Block, SophonModel, _explicit_attention,
                           config_from_state_dict, count_parameters, load_checkpoint,
                           pairwise_features, randomize_weights_, save_checkpoint, sophon_config)
@@ -43,27 +43,11 @@ def model_outputs(model, reference_inputs):
 
 
 def weaver_model():
-    """weaver-core's ParticleTransformer in the Sophon configuration, wrapped as ``mod`` like the
-    published network; forward returns (softmax, latent) as the published ONNX export does."""
-    module = pytest.importorskip("weaver.nn.model.ParticleTransformer")
-    logging.getLogger("weaver").setLevel(logging.WARNING)
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.mod = module.ParticleTransformer(
-                input_dim=17, num_classes=188, pair_input_dim=4, use_pre_activation_pair=True,
-                embed_dims=[128, 512, 128], pair_embed_dims=[64, 64, 64], num_heads=8, num_layers=8,
-                num_cls_layers=2, cls_block_params={"dropout": 0, "attn_dropout": 0,
-                                                    "activation_dropout": 0},
-                fc_params=[(512, 0.1)], activation="gelu", for_inference=True)
-
-        def forward(self, features, vectors, mask):
-            x, padding_mask = self.mod._forward_encoder(features, v=vectors, mask=mask)
-            latent = self.mod._forward_aggregator(x, padding_mask)
-            return torch.softmax(self.mod.fc(latent), dim=1), latent
-
-    return Wrapper().eval()
+    """The weaver-core oracle (skips when weaver-core is not installed)."""
+    reference = weaver_reference()
+    if reference is None:
+        pytest.skip("weaver-core (extra 'oracle') is not installed")
+    return reference
 
 
 # --- configuration and layout -------------------------------------------------------------------
