@@ -288,12 +288,8 @@ def event_significance(analysis, discriminant, signal: str,
     event-level discriminant (the sum of D over the two leading jets, eq. 7).
 
     The window defaults to the central half of the signal's weighted dijet-mass distribution.
-    Returns a :class:`~sophon.spectrum.SignificanceCurve` (the library's jet-level
-    ``DatasetAnalysis.significance``, applied to events).
+    Returns the library's :meth:`~sophon.analysis.DatasetAnalysis.event_significance`.
     """
-    from sophon.analysis import DIJET_MASS_BINNING
-    from sophon.spectrum import significance_scan
-
     events = analysis.events
     names = list(analysis.dataset.process_names)
     if window is None:
@@ -302,7 +298,4 @@ def event_significance(analysis, discriminant, signal: str,
         order = np.argsort(mass)
         cumulative = np.cumsum(weight[order]) / weight.sum()
         window = tuple(float(np.interp(q, cumulative, mass[order])) for q in (0.25, 0.75))
-    return significance_scan(analysis.event_discriminant(discriminant),
-                             DIJET_MASS_BINNING.index(events.dijet_mass), events.weight,
-                             events.process_code, names, signal, window,
-                             binning=DIJET_MASS_BINNING)
+    return analysis.event_significance(discriminant, signal, window)

@@ -196,6 +196,17 @@ class DatasetAnalysis:
                                  dataset.process_codes, dataset.process_names, signal, window,
                                  binning=self.binning)
 
+    def event_significance(self, discriminant: Discriminant, signal: str,
+                           window: tuple[float, float], *,
+                           binning: MassBinning = DIJET_MASS_BINNING) -> SignificanceCurve:
+        """Z of process ``signal`` in the dijet-mass window (GeV) versus the background
+        efficiency of the event-level D (the sum over the two leading jets, eq. 7)."""
+        events = self.events
+        return significance_scan(self.event_discriminant(discriminant),
+                                 binning.index(events.dijet_mass), events.weight,
+                                 events.process_code, self.dataset.process_names, signal, window,
+                                 binning=binning)
+
     def top_classes(self, rows: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """For jets ``rows``: the indices (len, k) and probabilities (len, k) of their k most
         probable classes, most probable first."""

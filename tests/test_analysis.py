@@ -74,3 +74,17 @@ def test_discriminant_values_are_cached_and_read_only(analysis):
     assert analysis.log_odds(PRESETS["A2: X->bb"]) is first
     assert not first.flags.writeable
     assert len(select("QCD")) == 27
+
+
+def test_event_significance_counts_events_in_the_dijet_window(analysis, synthetic_dataset):
+    triboson = PRESETS["W'->WWW triboson"]
+    curve = analysis.event_significance(triboson, "ttbar", (500.0, 1500.0))
+    events = analysis.events
+    values = analysis.event_discriminant(triboson)
+    signal = events.process_code == list(synthetic_dataset.process_names).index("ttbar")
+    low, high = curve.window
+    in_window = (events.dijet_mass >= low) & (events.dijet_mass < high)
+    for i, cut in enumerate(curve.thresholds):
+        passing = (values >= cut) & in_window
+        assert curve.signal[i] == pytest.approx(events.weight[passing & signal].sum())
+        assert curve.background[i] == pytest.approx(events.weight[passing & ~signal].sum())
