@@ -684,3 +684,23 @@ def test_latent_hover_sample_depends_on_size(explorer, monkeypatch):
     assert view.hover is False
     view._hover.value = True
     assert view.hover is True and len(view.streams) == 2
+
+
+def test_truth_colouring_needs_at_least_one_labelled_jet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from app.views.latent import LatentData
+    from sophon.analysis import DatasetAnalysis
+    from sophon.store import JetDataset
+    from sophon.synthetic import write_synthetic_dataset
+
+    labelled = write_synthetic_dataset(tmp_path / "labelled.parquet", 200, seed=1)
+    assert LatentData(DatasetAnalysis(JetDataset(labelled))).available("truth")
+    table = pq.read_table(labelled)
+    index = table.schema.get_field_index("jet_label")
+    unlabelled = tmp_path / "sm.parquet"  # as in generated SM samples: jet_label = -1
+    pq.write_table(table.set_column(index, "jet_label",
+                                    pa.array(np.full(table.num_rows, -1, np.int32))), unlabelled)
+    latent = LatentData(DatasetAnalysis(JetDataset(unlabelled)))
+    assert not latent.available("truth") and latent.available("process")

@@ -86,7 +86,9 @@ class LatentData:
 
     def available(self, kind: str) -> bool:
         if kind == "truth":
-            return self.analysis.dataset.has("jet_label")
+            # SM samples carry jet_label = -1 (no class): there is no truth to colour by
+            dataset = self.analysis.dataset
+            return dataset.has("jet_label") and bool((dataset.column("jet_label") >= 0).any())
         return True
 
     def categorical(self, kind: str) -> tuple[pd.DataFrame, list[str]]:
