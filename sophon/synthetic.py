@@ -98,12 +98,15 @@ def make_synthetic(n_jets: int, seed: int = 0, *, with_latents: bool = True,
         scores[start:stop] = logits
     latents = None
     if with_latents:
-        projection = np.random.default_rng(seed + 1).standard_normal((N_CLASSES, LATENT_DIM),
-                                                                     dtype=np.float32)
+        latent_rng = np.random.default_rng(seed + 1)
+        projection = latent_rng.standard_normal((N_CLASSES, LATENT_DIM), dtype=np.float32)
+        # one centre per true class, so that jets of a class are neighbours in the latent space
+        centres = latent_rng.standard_normal((N_CLASSES, LATENT_DIM), dtype=np.float32)
         latents = np.empty((n_jets, LATENT_DIM), dtype=np.float32)
         for start in range(0, n_jets, chunk):
             stop = min(start + chunk, n_jets)
-            latents[start:stop] = np.log(scores[start:stop] + 1e-6) @ projection * 0.05
+            latents[start:stop] = (centres[true_class[start:stop]]
+                                   + np.log(scores[start:stop] + 1e-6) @ projection * 0.05)
     group_of_class = np.array([0 if l.startswith("QCD") else 1 if not l.startswith("X_YY")
                                else 2 for l in LABELS])
     centre = np.array([[0.0, 0.0], [6.0, 2.0], [3.0, 6.0]], dtype=np.float32)
