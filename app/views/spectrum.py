@@ -62,24 +62,25 @@ def efficiency_widgets(explorer: Explorer) -> tuple[pn.widgets.DiscreteSlider,
     return slider, player
 
 
-def curve_values(scan: EfficiencyScan, level: int, *, normalise: bool = False,
-                 scale: float = 1.0) -> np.ndarray:
-    """(bins,) what the curve at ``level`` shows: events at the chosen luminosity, or unit area."""
-    values = scan.spectrum(level).astype(np.float64)
+def _shown(values: np.ndarray, normalise: bool, scale: float) -> np.ndarray:
+    """Events at the chosen luminosity (``scale`` = chosen / dataset luminosity), or unit area."""
+    values = values.astype(np.float64)
     if normalise:
         total = values.sum()
         return values / total if total > 0 else np.zeros_like(values)
     return values * scale
 
 
+def curve_values(scan: EfficiencyScan, level: int, *, normalise: bool = False,
+                 scale: float = 1.0) -> np.ndarray:
+    """(bins,) what the curve at ``level`` shows."""
+    return _shown(scan.spectrum(level), normalise, scale)
+
+
 def stack_values(scan: EfficiencyScan, level: int, *, normalise: bool = False,
                  scale: float = 1.0) -> np.ndarray:
-    """(processes, bins) the per-process stack at ``level``."""
-    stack = scan.stack(level).astype(np.float64)
-    if normalise:
-        total = stack.sum()
-        return stack / total if total > 0 else np.zeros_like(stack)
-    return stack * scale
+    """(processes, bins) the per-process stack at ``level``, normalised to unit total area."""
+    return _shown(scan.stack(level), normalise, scale)
 
 
 def y_label(explorer: Explorer) -> str:
