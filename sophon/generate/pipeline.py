@@ -205,18 +205,26 @@ def process_batch(batch: EventBatch, spec: ChunkSpec, rng: np.random.Generator, 
     return table
 
 
-def _reco_columns(jets: Jets, pt, eta, phi, reco: ParticleSet, shape: dict, labels) -> dict:
+def _constituents_around_axis(jets: Jets, particles: ParticleSet, eta, phi):
+    """Flat constituent indices and offsets of ``jets``, and each constituent's (delta eta,
+    delta phi) to its jet's axis ``eta``, ``phi``; delta eta is signed by the jet's eta, as in
+    JetClass-II."""
     index = jets.constituents
-    offsets = jets.constituent_offsets
     owner = np.repeat(np.arange(len(jets)), jets.n_constituents)
-    _, peta, pphi, _ = kinematics(reco["px"][index], reco["py"][index], reco["pz"][index],
-                                  reco["e"][index])
+    _, peta, pphi, _ = kinematics(particles["px"][index], particles["py"][index],
+                                  particles["pz"][index], particles["e"][index])
     sign = np.where(eta >= 0, 1.0, -1.0)
+    return (index, jets.constituent_offsets, sign[owner] * (peta - eta[owner]),
+            _wrap(pphi - phi[owner]))
+
+
+def _reco_columns(jets: Jets, pt, eta, phi, reco: ParticleSet, shape: dict, labels) -> dict:
+    index, offsets, deta, dphi = _constituents_around_axis(jets, reco, eta, phi)
     columns = {
         "part_px": (offsets, reco["px"][index]), "part_py": (offsets, reco["py"][index]),
         "part_pz": (offsets, reco["pz"][index]), "part_energy": (offsets, reco["e"][index]),
-        "part_deta": (offsets, sign[owner] * (peta - eta[owner])),
-        "part_dphi": (offsets, _wrap(pphi - phi[owner])),
+        "part_deta": (offsets, deta),
+        "part_dphi": (offsets, dphi),
     }
     for name in ("d0val", "d0err", "dzval", "dzerr", "charge", "isElectron", "isMuon",
                  "isPhoton", "isChargedHadron", "isNeutralHadron"):
@@ -276,19 +284,14 @@ def _match_gen_jets(jets: Jets, eta, phi, gen: ParticleSet, sel: JetSelection) -
 
 def _gen_columns(genjet: _GenJets, eta, phi, gen: ParticleSet) -> dict:
     jets = genjet.jets
-    index = jets.constituents
-    offsets = jets.constituent_offsets
-    owner = np.repeat(np.arange(len(jets)), jets.n_constituents)
-    _, peta, pphi, _ = kinematics(gen["px"][index], gen["py"][index], gen["pz"][index],
-                                  gen["e"][index])
-    sign = np.where(eta >= 0, 1.0, -1.0)
+    # relative to the reconstructed jet axis, as in JetClass-II
+    index, offsets, deta, dphi = _constituents_around_axis(jets, gen, eta, phi)
     gpt, geta, gphi, _ = kinematics(jets.px, jets.py, jets.pz, jets.e)
     columns = {f"genpart_{name}": (offsets, gen[key][index]) for name, key in (
         ("px", "px"), ("py", "py"), ("pz", "pz"), ("energy", "e"), ("x", "x"), ("y", "y"),
         ("z", "z"), ("t", "t"), ("pid", "pid"))}
-    # Relative to the reconstructed jet axis, as in JetClass-II.
-    columns["genpart_jet_deta"] = (offsets, sign[owner] * (peta - eta[owner]))
-    columns["genpart_jet_dphi"] = (offsets, _wrap(pphi - phi[owner]))
+    columns["genpart_jet_deta"] = (offsets, deta)
+    columns["genpart_jet_dphi"] = (offsets, dphi)
     m = genjet.matched
     columns.update({
         "genjet_pt": np.where(m, gpt, 0.0), "genjet_eta": np.where(m, geta, 0.0),
