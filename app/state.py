@@ -5,7 +5,7 @@ Everything here is shared by all sessions of one server process:
 - where the data is (:func:`data_path`: ``--data PATH`` after ``panel serve app --args``, else
   the ``SOPHON_DATA`` environment variable, else ``data/default`` under the repository root);
 - where rescoring models may be read from (:func:`models_dir`: ``--models DIR`` /
-  ``SOPHON_MODELS`` / ``models``) and where rescored datasets are written (:func:`output_dir`:
+  ``SOPHON_MODELS`` / ``data/models``, where the default model ships) and where rescored datasets are written (:func:`output_dir`:
   ``--output DIR`` / ``SOPHON_OUTPUT`` / a folder in the system temporary directory);
 - the loaded datasets (:func:`load_analysis`): each path is opened and validated ONCE per process
   and the same :class:`~sophon.analysis.DatasetAnalysis` is handed to every session. A dataset
@@ -102,7 +102,7 @@ def data_path(argv: Sequence[str] | None = None,
 def models_dir(argv: Sequence[str] | None = None,
                environ: Mapping[str, str] | None = None) -> Path:
     """The only folder rescoring models are read from."""
-    return _configured("models", "SOPHON_MODELS", ROOT / "models", argv, environ)
+    return _configured("models", "SOPHON_MODELS", ROOT / "data" / "models", argv, environ)
 
 
 def output_dir(argv: Sequence[str] | None = None,
@@ -189,7 +189,11 @@ def load_analysis(path: str | os.PathLike) -> DatasetAnalysis | DatasetProblem:
         start = time.perf_counter()
         try:
             verify_path(key)  # a shipped dataset must match its data_manifest.yaml checksum
-            analysis = DatasetAnalysis(JetDataset(key))
+            dataset = JetDataset(key, validate=False)
+            if dataset.score_head is not None:  # so must the model whose head gives the scores
+                verify_path(dataset.score_head)
+            dataset.validate()
+            analysis = DatasetAnalysis(dataset)
             warm_up(analysis)
         except (DatasetError, ManifestError) as error:
             return DatasetProblem(Path(path), str(error))

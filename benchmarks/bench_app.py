@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,9 +183,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def bench_startup(path: Path) -> None:
+def bench_startup(path: Path, screenshots: Sequence[tuple[Path, str]] = ()) -> None:
     """From `panel serve` to a page showing its spectrum summary, in an already open browser
-    (chromium is started first, as a user's browser would be)."""
+    (chromium is started first, as a user's browser would be). ``screenshots``: afterwards, save
+    the page opened at ``/app?{query}`` as a PNG for each ``(file, query)`` (the README's
+    picture, the acceptance plots)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/app"
     panel = Path(sys.executable).with_name("panel")
@@ -230,6 +234,15 @@ def bench_startup(path: Path) -> None:
             other.goto(url, timeout=300_000)
             other.wait_for_selector(".scan-summary", timeout=300_000)
             print(f"startup: {label} interactive in {time.perf_counter() - page_start:.2f} s")
+        for screenshot, query in screenshots:
+            shot = context.new_page()
+            encoded = urllib.parse.urlencode(urllib.parse.parse_qsl(query))
+            shot.goto(f"{url}?{encoded}" if encoded else url, timeout=300_000)
+            shot.wait_for_selector(".scan-summary", timeout=300_000)
+            shot.wait_for_timeout(5000)  # let the plots finish drawing
+            shot.screenshot(path=str(screenshot), full_page=False)
+            shot.close()
+            print(f"screenshot of {query or 'the default view'} written to {screenshot}")
     finally:
         if browser is not None:
             browser.close()
@@ -247,10 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="an existing dataset instead")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-serve", action="store_true", help="skip the startup measurement")
+    parser.add_argument("--screenshot", action="append", default=[], metavar="PNG[::QUERY]",
+                        help="also save a PNG of the served page opened with the URL query "
+                        "QUERY, e.g. 'docs/a3.png::d=A3: X->b q q&eff=0.0001' (repeatable)")
     args = parser.parse_args(argv)
     path = args.data or synthetic_file(args.jets)
+    screenshots = [(Path(item.partition("::")[0]), item.partition("::")[2])
+                   for item in args.screenshot]
     if not args.no_serve:
-        bench_startup(path)  # first, while this process has not loaded anything yet
+        # first, while this process has not loaded anything yet
+        bench_startup(path, screenshots)
     results = bench_updates(path, args.repeat)
     print(f"\nserver time of a widget change, all views updated ({path.name}):")
     print(f"{'widget':38s} {'median ms':>10s} {'max ms':>8s} {'n':>4s}")

@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "sophon.training",
     "sophon.embedding",
     "sophon.synthetic",
+    "sophon.packaging",
 )
 
 

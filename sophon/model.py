@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,6 +53,7 @@ __all__ = [
     "pairwise_features",
     "convert_legacy_attention",
     "normalize_state_dict",
+    "head_probabilities",
     "config_from_state_dict",
     "load_checkpoint",
     "save_checkpoint",
@@ -611,6 +613,26 @@ def save_checkpoint(model: SophonModel, path: str | os.PathLike) -> Path:
     with atomic_output(path) as temporary:
         torch.save(model.state_dict(), temporary)
     return Path(path)
+
+
+@torch.no_grad()
+def head_probabilities(model: SophonModel, latents: np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
+    """(N, num_classes) float32 softmax of ``model``'s head applied to (N, embed_dim) latents.
+
+    The latent is the layer-normalised class token that enters the head, so these are exactly the
+    probabilities the model gives for the jets those latents came from: a dataset may store only
+    the latents and have its scores recomputed from them (:mod:`sophon.store`).
+    """
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.ndim != 2 or latents.shape[1] != model.config.embed_dim:
+        raise ValueError(f"latents must have shape (N, {model.config.embed_dim}), "
+                         f"got {latents.shape}")
+    head = model.mod.fc.eval()
+    out = np.empty((len(latents), model.config.num_classes), dtype=np.float32)
+    for start in range(0, len(latents), batch_size):
+        chunk = torch.tensor(latents[start:start + batch_size])  # copies: input may be read-only
+        out[start:start + len(chunk)] = torch.softmax(head(chunk).float(), dim=1).numpy()
+    return out
 
 
 def file_digest(path: str | os.PathLike, length: int = 12) -> str:

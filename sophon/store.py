@@ -22,6 +22,12 @@ umap_x, umap_y       float32 (optional)              2-d embedding of ``latent``
 Dataset metadata sits in each file's parquet key-value metadata under the key ``sophon`` as JSON
 (:class:`DatasetMetadata`): luminosity in fb^-1, the model id, the label list, the schema version.
 A dataset without a ``weight`` column is unweighted (every jet counts 1).
+
+*Scores from latents.* The 188 probabilities are a fixed function of the latent (the model's head
+followed by a softmax), so a compact dataset may store only ``latent`` and name the checkpoint in
+its metadata (``extra["score_head"]``: a path relative to the file's folder, which must stay inside
+the folder that holds the dataset, e.g. ``../models/model.pt``). The scores are then computed
+once, when first asked for, and cached. A file that has score columns uses them.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from sophon.labels import LABELS, N_CLASSES
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SCORE_HEAD_KEY",
     "SCORE_COLUMNS",
     "JET_COLUMNS",
     "LATENT_DIM",
@@ -63,6 +70,7 @@ JET_COLUMNS: tuple[str, ...] = (
     "jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4",
 )
 METADATA_KEY = b"sophon"
+SCORE_HEAD_KEY = "score_head"  # DatasetMetadata.extra: checkpoint whose head gives the scores
 # float32 probabilities summed over 188 classes: rounding alone stays well below this.
 PROBABILITY_SUM_TOLERANCE = 2e-3
 
@@ -194,6 +202,25 @@ def _file_metadata(file: Path, schema: pa.Schema) -> DatasetMetadata:
     return metadata
 
 
+def _score_head(file: Path, names: Sequence[str], metadata: DatasetMetadata) -> Path | None:
+    """The checkpoint named by ``file``'s metadata for scores from latents, or None when the file
+    has score columns (or names no head)."""
+    relative = metadata.extra.get(SCORE_HEAD_KEY)
+    if not relative or any(n.startswith(SCORE_PREFIX) for n in names):
+        return None
+    if "latent" not in names:
+        raise DatasetError(f"{file}: metadata asks for scores from latents, but there is no "
+                           "'latent' column")
+    folder = file.parent.resolve()
+    head = (folder / str(relative)).resolve()
+    if Path(str(relative)).is_absolute() or folder.parent not in head.parents:
+        raise DatasetError(f"{file}: score head {relative!r} lies outside {folder.parent}")
+    if not head.is_file():
+        raise DatasetError(f"{file}: score head {relative!r} (the model whose head computes the "
+                           f"scores) is missing: expected {head}")
+    return head
+
+
 class JetDataset:
     """A scored jet dataset, loaded column by column on demand and cached.
 
@@ -206,12 +233,20 @@ class JetDataset:
         self.files = dataset_files(self.path)
         schemas = [_read_schema(f) for f in self.files]
         self.columns: tuple[str, ...] = tuple(schemas[0].names)
-        for file, schema in zip(self.files, schemas):
-            _check_score_columns(file, schema.names)
-            if tuple(schema.names) != self.columns:
-                raise DatasetError(f"{file}: columns differ from {self.files[0].name}")
         metadatas = [_file_metadata(f, s) for f, s in zip(self.files, schemas)]
         self.metadata = metadatas[0]
+        #: the checkpoint whose head turns latents into scores, when the files store no scores
+        self.score_head: Path | None = None
+        for file, schema, metadata in zip(self.files, schemas, metadatas):
+            if tuple(schema.names) != self.columns:
+                raise DatasetError(f"{file}: columns differ from {self.files[0].name}")
+            head = _score_head(file, schema.names, metadata)
+            if head is None:
+                _check_score_columns(file, schema.names)
+            elif self.score_head not in (None, head):
+                raise DatasetError(f"{file}: scores come from {head}, not {self.score_head} as in "
+                                   f"{self.files[0].name}")
+            self.score_head = head
         for file, metadata in zip(self.files, metadatas):
             if metadata.luminosity_fb != self.metadata.luminosity_fb:
                 raise DatasetError(f"{file}: luminosity {metadata.luminosity_fb} fb^-1 differs "
@@ -278,10 +313,35 @@ class JetDataset:
 
     @cached_property
     def scores(self) -> np.ndarray:
-        """(N, 188) float32, Fortran order: column ``i`` is the probability of ``LABELS[i]``."""
-        matrix = np.asfortranarray(self._collect(SCORE_COLUMNS).to_numpy(), dtype=np.float32)
+        """(N, 188) float32, Fortran order: column ``i`` is the probability of ``LABELS[i]``.
+
+        Read from the score columns, or computed from the latents through :attr:`score_head`."""
+        if self.score_head is not None:
+            matrix = np.asfortranarray(self._head_scores())
+        else:
+            matrix = np.asfortranarray(self._collect(SCORE_COLUMNS).to_numpy(), dtype=np.float32)
         matrix.flags.writeable = False
         return matrix
+
+    def _head_scores(self) -> np.ndarray:
+        from sophon.model import head_probabilities, load_checkpoint
+
+        latents = self.latents
+        finite = np.isfinite(latents).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            raise DatasetError(f"{self.path}: column 'latent' holds a non-finite value at row {row} "
+                               "(the scores are computed from it)")
+        try:
+            model = load_checkpoint(self.score_head)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            raise DatasetError(f"{self.path}: cannot load the score head {self.score_head} "
+                               f"({type(error).__name__}: {error})") from None
+        if model.config.num_classes != N_CLASSES or model.config.embed_dim != LATENT_DIM:
+            raise DatasetError(f"{self.score_head}: the model gives {model.config.num_classes} "
+                               f"classes from {model.config.embed_dim}-d latents; expected "
+                               f"{N_CLASSES} from {LATENT_DIM}")
+        return head_probabilities(model, latents)
 
     @cached_property
     def latents(self) -> np.ndarray:

@@ -6,11 +6,18 @@ The recipe follows the published one where it matters (arXiv:2405.12972 appendix
 - each epoch samples jets with weights that flatten the (jet_pt, jet_sdmass) distribution within
   each of the 30 reweighting groups and give every group present the same total weight;
 - cross-entropy over the 188 classes, batches of 512, RAdam(beta1=0.95, beta2=0.999, eps=1e-5) at
-  5e-4, constant for 70% of the steps then exponential decay to 1%; bf16 autocast on CUDA;
+  5e-4, constant for 70% of the steps then exponential decay to 1%; bf16 autocast (default on
+  CUDA, ``--precision bf16`` on CPUs with bf16 instructions);
 - the checkpoint with the best validation accuracy is kept, in the published ``mod.*`` layout.
 
-Two named configurations: ``sophon`` (the published one, 2,304,688 parameters) and ``compact``
-(fewer and narrower blocks with the same 128-d latent, trainable on a CPU in minutes).
+Batches are bucketed by constituent multiplicity: each epoch's sampled jets are sorted by
+multiplicity, cut into batches, and the batch order shuffled, so a batch is padded only to about
+its own jets' length (rounded up to a multiple of 16 so that the CPU kernels see few shapes).
+
+Named configurations (one per size, all with the 128-d latent the store and the app expect):
+``sophon`` (the published one, 2,304,688 parameters), ``compact`` (3 narrower blocks) and
+``small`` (3 blocks of width 128 with 2x feed-forward and no attention dropout, which is a third
+of the CPU step time; the embedded default model, trainable on two CPU cores in under an hour).
 """
 
 from __future__ import annotations
@@ -32,17 +39,23 @@ import torch.nn.functional as F
 
 from sophon.atomic import atomic_output
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
-from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS
+from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS, index_of
 from sophon.model import SophonConfig, SophonModel, count_parameters, save_checkpoint, sophon_config
 
 __all__ = ["TRAINING_CONFIGS", "TrainingOptions", "TrainingSample", "load_training_sample",
-           "flattening_weights", "train", "evaluate", "register_cli"]
+           "flattening_weights", "bucketed", "train", "evaluate", "evaluate_model",
+           "background_rejection", "register_cli"]
 
 TRAINING_CONFIGS: dict[str, SophonConfig] = {
     "sophon": sophon_config(),
     "compact": sophon_config(embed_dims=(128, 256, 128), pair_embed_dims=(32, 32, 32),
                              num_layers=3, num_cls_layers=1, fc_params=((256, 0.1),)),
+    "small": sophon_config(embed_dims=(64, 128), pair_embed_dims=(16, 16), num_layers=3,
+                           num_cls_layers=1, fc_params=((256, 0.1),), ffn_ratio=2,
+                           attn_dropout=0.0, activation_dropout=0.0),
 }
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PAD_MULTIPLE = 16  # batches are padded to a multiple of this many particles
 PT_RANGE = (200.0, 2500.0)  # GeV
 SDMASS_RANGE = (20.0, 500.0)  # GeV
 _GROUP_NAMES = tuple(REWEIGHT_GROUPS)
@@ -58,6 +71,7 @@ class TrainingOptions:
     learning_rate: float = 5e-4
     validation_fraction: float = 0.1
     device: str = "auto"
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     seed: int = 0
 
 
@@ -132,12 +146,28 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _batches(sample: TrainingSample, jets: np.ndarray, batch_size: int, device: torch.device):
-    """Batches of (features, vectors, mask, labels) padded only to the batch's longest jet."""
-    for start in range(0, len(jets), batch_size):
-        chosen = jets[start:start + batch_size]
-        length = max(int(sample.inputs.multiplicity[chosen].max(initial=1)), 1)
-        padded = sample.inputs.padded(chosen, length=length)
+def _precision(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; use auto, fp32 or bf16")
+    return PRECISIONS[name]
+
+
+def bucketed(jets: np.ndarray, multiplicity: np.ndarray, batch_size: int,
+             rng: np.random.Generator) -> list[np.ndarray]:
+    """``jets`` cut into batches of similar constituent multiplicity, in random batch order."""
+    ordered = jets[np.argsort(multiplicity[jets], kind="stable")]
+    batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _batches(sample: TrainingSample, batches: Sequence[np.ndarray], device: torch.device):
+    """(features, vectors, mask, labels) per batch, padded only to about the batch's longest jet."""
+    for chosen in batches:
+        longest = max(int(sample.inputs.multiplicity[chosen].max(initial=1)), 1)
+        length = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, 128)
+        padded = sample.inputs.padded(chosen, length=max(length, longest))
         yield (torch.from_numpy(padded.pf_features).to(device),
                torch.from_numpy(padded.pf_vectors).to(device),
                torch.from_numpy(padded.pf_mask).to(device),
@@ -146,16 +176,28 @@ def _batches(sample: TrainingSample, jets: np.ndarray, batch_size: int, device: 
 
 @torch.no_grad()
 def evaluate(model: SophonModel, sample: TrainingSample, jets: np.ndarray, *,
-             batch_size: int = 1024, device: torch.device | str = "cpu") -> np.ndarray:
-    """Probabilities (len(jets), 188) of ``model`` on the jets ``jets`` of ``sample``."""
+             batch_size: int = 1024, device: torch.device | str = "cpu",
+             precision: torch.dtype | None = None) -> np.ndarray:
+    """Probabilities (len(jets), 188) of ``model`` on the jets ``jets`` of ``sample``.
+
+    Jets are scored in multiplicity order (little padding) and returned in the order given.
+    ``precision``: autocast dtype (default bf16 on CUDA, fp32 elsewhere)."""
     device = torch.device(device)
+    precision = precision or _precision("auto", device)
     model.eval()
+    order = np.argsort(sample.inputs.multiplicity[jets], kind="stable")
+    ordered = np.asarray(jets)[order]
+    batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
     outputs = []
-    for features, vectors, mask, _ in _batches(sample, jets, batch_size, device):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    for features, vectors, mask, _ in _batches(sample, batches, device):
+        with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             probabilities, _ = model(features, vectors, mask)
         outputs.append(probabilities.float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, N_CLASSES), np.float32)
+    if not outputs:
+        return np.zeros((0, N_CLASSES), np.float32)
+    result = np.empty((len(ordered), N_CLASSES), np.float32)
+    result[order] = np.concatenate(outputs)
+    return result
 
 
 def _group_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -190,6 +232,7 @@ def train(sample: TrainingSample, output: str | os.PathLike,
     weights = flattening_weights(sample.labels[training], sample.jet_pt[training],
                                  sample.jet_sdmass[training])
     config = TRAINING_CONFIGS[options.config]
+    precision = _precision(options.precision, device)
     model = SophonModel(config).to(device)
     optimizer = torch.optim.RAdam(model.parameters(), lr=options.learning_rate,
                                   betas=(0.95, 0.999), eps=1e-5)
@@ -206,9 +249,10 @@ def train(sample: TrainingSample, output: str | os.PathLike,
         model.train()
         start = time.perf_counter()
         chosen = training[rng.choice(len(training), options.samples_per_epoch, p=weights)]
+        batches = bucketed(chosen, sample.inputs.multiplicity, options.batch_size, rng)
         total_loss, n_batches = 0.0, 0
-        for features, vectors, mask, labels in _batches(sample, chosen, options.batch_size, device):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for features, vectors, mask, labels in _batches(sample, batches, device):
+            with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                 logits, _ = model.logits_and_latent(features, vectors, mask)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -218,7 +262,7 @@ def train(sample: TrainingSample, output: str | os.PathLike,
             total_loss += float(loss.detach())
             n_batches += 1
         seconds = time.perf_counter() - start
-        probabilities = evaluate(model, sample, validation, device=device)
+        probabilities = evaluate(model, sample, validation, device=device, precision=precision)
         accuracy = _group_accuracy(probabilities, sample.labels[validation])
         record = {"epoch": epoch + 1, "loss": total_loss / max(n_batches, 1),
                   "validation_accuracy": accuracy, "seconds": seconds,
@@ -231,13 +275,49 @@ def train(sample: TrainingSample, output: str | os.PathLike,
             best_accuracy = accuracy["all classes"]
             save_checkpoint(model.cpu(), output)
             model.to(device)
-    summary = {"options": asdict(options), "config": config.to_dict(),
-               "parameters": count_parameters(model), "training_jets": int(len(training)),
-               "validation_jets": int(len(validation)), "sources": sample.sources,
-               "best_validation_accuracy": best_accuracy, "history": history}
-    with atomic_output(output.with_suffix(".json")) as temporary:
-        temporary.write_text(json.dumps(summary, indent=1))
+        # the summary is rewritten every epoch, so an interrupted run still documents its best
+        summary = {"options": asdict(options), "config": config.to_dict(),
+                   "parameters": count_parameters(model), "training_jets": int(len(training)),
+                   "validation_jets": int(len(validation)), "sources": sample.sources,
+                   "best_validation_accuracy": best_accuracy, "history": history}
+        with atomic_output(output.with_suffix(".json")) as temporary:
+            temporary.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def background_rejection(signal: np.ndarray, background: np.ndarray,
+                         signal_efficiency: float) -> float:
+    """1 / (background efficiency) at the cut on a discriminant that keeps ``signal_efficiency``
+    of the ``signal`` values (jets pass with value >= cut); inf when no background passes."""
+    if len(signal) == 0 or len(background) == 0:
+        return float("nan")
+    cut = np.quantile(signal, 1.0 - signal_efficiency, method="higher")
+    passing = float(np.mean(background >= cut))
+    return float("inf") if passing == 0 else 1.0 / passing
+
+
+def evaluate_model(checkpoint: str | os.PathLike, files: Sequence[str | os.PathLike], *,
+                   device: str = "auto", precision: str = "auto") -> dict:
+    """Model-card figures on labelled jets (after the training selection): accuracy over the 188
+    classes, per class kind and per reweighting group, and the X->bb vs QCD background rejection
+    at 60 % and 30 % signal efficiency (discriminant g_Xbb / (g_Xbb + sum of the 27 QCD g))."""
+    from sophon.discriminant import PRESETS
+    from sophon.model import load_checkpoint
+
+    sample = load_training_sample(files)
+    torch_device = _resolve_device(device)
+    model = load_checkpoint(checkpoint).to(torch_device)
+    probabilities = evaluate(model, sample, np.arange(len(sample)), device=torch_device,
+                             precision=_precision(precision, torch_device))
+    discriminant = PRESETS["X->bb vs QCD"].evaluate(probabilities)
+    is_qcd = np.array([not c.resonant for c in CONTENTS])[sample.labels]
+    is_xbb = sample.labels == index_of("X_bb")
+    return {"checkpoint": str(checkpoint), "jets": int(len(sample)),
+            "accuracy": _group_accuracy(probabilities, sample.labels),
+            "xbb_vs_qcd_rejection": {
+                f"{int(100 * eff)}% signal efficiency": background_rejection(
+                    discriminant[is_xbb], discriminant[is_qcd], eff) for eff in (0.6, 0.3)},
+            "xbb_jets": int(is_xbb.sum()), "qcd_jets": int(is_qcd.sum())}
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -245,14 +325,32 @@ def _main(args: argparse.Namespace) -> int:
                               samples_per_epoch=args.samples_per_epoch,
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               validation_fraction=args.validation_fraction, device=args.device,
-                              seed=args.seed)
+                              precision=args.precision, seed=args.seed)
     summary = train(load_training_sample(args.inputs), args.output, options)
     print(f"best validation accuracy {summary['best_validation_accuracy']:.3f}; "
           f"checkpoint {args.output}")
     return 0
 
 
+def _evaluate_main(args: argparse.Namespace) -> int:
+    figures = evaluate_model(args.model, args.inputs, device=args.device, precision=args.precision)
+    text = json.dumps(figures, indent=1)
+    if args.output:
+        with atomic_output(args.output) as temporary:
+            temporary.write_text(text)
+    print(text)
+    return 0
+
+
 def register_cli(subparsers) -> None:
+    evaluation = subparsers.add_parser(
+        "evaluate", help="model-card figures of a checkpoint on labelled (training-format) jets")
+    evaluation.add_argument("model", type=Path, help="checkpoint (.pt)")
+    evaluation.add_argument("inputs", nargs="+", type=Path, help="JetClass-II-schema parquet files")
+    evaluation.add_argument("-o", "--output", type=Path, default=None, help="write the JSON here")
+    evaluation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluation.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    evaluation.set_defaults(handler=_evaluate_main)
     parser = subparsers.add_parser("train", help="train the Sophon architecture on generated jets")
     parser.add_argument("inputs", nargs="+", type=Path, help="JetClass-II-schema parquet files")
     parser.add_argument("-o", "--output", required=True, type=Path, help="checkpoint (.pt)")
@@ -263,5 +361,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_main)

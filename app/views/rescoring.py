@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sophon.analysis import DatasetAnalysis
-from sophon.store import LATENT_DIM, SCORE_COLUMNS, DatasetMetadata, write_dataset
+from sophon.store import (LATENT_DIM, SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetMetadata,
+                          write_dataset)
 
 from app.state import (DatasetProblem, list_models, load_analysis, models_dir, output_dir,
                        resolve_model)
@@ -132,7 +133,8 @@ class RescoreJob:
             jets = {name: table.column(name).combine_chunks() for name in kept}
             metadata = DatasetMetadata(
                 luminosity_fb=dataset.metadata.luminosity_fb, model_id=scorer.model_id,
-                extra={**dataset.metadata.extra, "rescored_from": str(dataset.path),
+                extra={**_without_score_head(dataset.metadata.extra),
+                       "rescored_from": str(dataset.path),
                        "rescored_jets": self.rescored, "scorer": scorer.description})
             write_dataset(self.output, jets, scores=scores, latents=latents, metadata=metadata)
         self.done = self.total
@@ -144,6 +146,11 @@ class RescoreJob:
         self.state = "done"
         self.message = (f"rescored {self.rescored:,} jets in {time.time() - self.started:.1f} s"
                         if self.rescored else "loaded the earlier rescoring")
+
+
+def _without_score_head(extra: dict) -> dict:
+    """Dataset metadata minus the score-head fields: a rescored file stores its own scores."""
+    return {k: v for k, v in extra.items() if not k.startswith(SCORE_HEAD_KEY)}
 
 
 def output_path(analysis: DatasetAnalysis, model: Path) -> Path:

@@ -1,0 +1,235 @@
+"""Pack a scored dataset into a compact file for shipping (``sophon package``).
+
+The embedded default must fit a few tens of MB, so the packed file keeps what the app and the
+notebooks need and drops what can be recomputed:
+
+- the jets inside the model's training phase space only (by default 20 < mSD < 500 GeV, as the
+  training selection; pT is already 200-2500 GeV in the SM sample): outside it the scores are
+  extrapolations, and a handful of very light QCD jets (mSD of a few GeV) would otherwise take
+  the tightest cuts;
+- jet kinematics, ``event_id``/``jet_rank``, ``process``, ``weight``, ``umap_x``/``umap_y``;
+- ``latent`` with its float32 mantissa rounded to ``latent_bits`` bits (7 bits: bfloat16
+  precision, a relative error below 0.4 %) so that zstd compresses it; the column stays float32;
+- no score columns: the scores are the model head's softmax of the latent, recomputed at load
+  time from the checkpoint named in the metadata (:mod:`sophon.store`, "scores from latents");
+- the constituents (``part_*`` list columns, from the generated source file) of a random subset
+  of ``constituent_jets`` jets, so rescoring and the jet view work; other jets hold empty lists;
+- optionally *thinned* events (``thin_keep`` < 1): an event is "QCD-like" when every one of its
+  jets has g_QCD (the summed probability of the 27 QCD classes) of at least ``thin_qcd``; such
+  events are kept with probability ``thin_keep`` and their weight divided by it, all other
+  events are kept as they are. Every weighted spectrum stays unbiased, and the sample can start
+  from several times more QCD events in the same bytes: the jets that tight cuts select (for
+  any discriminant with the QCD classes in the denominator, D <= 1 - g_QCD) are all kept, with
+  their small weights, so that an efficiency of 1e-4 holds many jets rather than a few heavy
+  ones. Only loose cuts see the heavier, thinned QCD-like jets.
+
+Before writing, the scores recomputed from the rounded latents are compared with the stored ones
+and the largest difference is reported (and refused above ``max_score_difference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sophon.features import REQUIRED_COLUMNS
+from sophon.labels import mask as class_mask
+from sophon.model import file_digest, head_probabilities, load_checkpoint
+from sophon.store import (SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetError, DatasetMetadata, JetDataset,
+                          dataset_files, write_table_atomic)
+
+__all__ = ["PackReport", "round_mantissa", "subset_lists", "thin_events", "package_dataset",
+           "register_cli"]
+
+CONSTITUENT_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c.startswith("part_"))
+
+
+@dataclass(frozen=True)
+class PackReport:
+    path: Path
+    n_jets: int
+    constituent_jets: int
+    bytes: int
+    max_score_difference: float
+
+
+def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
+    """float32 ``values`` rounded (to nearest) to ``bits`` mantissa bits, still float32.
+
+    The dropped low bits become zeros, which is what lets a general-purpose compressor shrink the
+    column; ``bits = 23`` returns the values unchanged.
+    """
+    if not 0 < bits <= 23:
+        raise ValueError(f"mantissa bits must be in 1..23, not {bits}")
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if bits == 23:
+        return values.copy()
+    dropped = 23 - bits
+    raw = values.view(np.uint32).astype(np.uint64)
+    rounded = ((raw + (1 << (dropped - 1))) >> dropped) << dropped
+    # a carry into the exponent is the correct rounding; only inf/nan inputs could overflow
+    return rounded.astype(np.uint32).view(np.float32).reshape(values.shape)
+
+
+def subset_lists(column: pa.Array | pa.ChunkedArray, keep: np.ndarray) -> pa.ListArray:
+    """``column`` (a list column) with rows not in ``keep`` (bool, per row) made empty lists."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    new_lengths = np.where(keep, lengths, 0)
+    new_offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int32)
+    first = offsets[0]
+    values = column.values.slice(first, offsets[-1] - first)
+    particle_keep = np.repeat(keep, lengths)
+    return pa.ListArray.from_arrays(pa.array(new_offsets), values.filter(pa.array(particle_keep)))
+
+
+def thin_events(event_ids: np.ndarray, kept_as_is: np.ndarray, keep_probability: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per-jet ``(keep, weight_factor)`` for thinning by event.
+
+    ``event_ids`` (N,) event of each jet; ``kept_as_is`` (N,) bool: jets whose event must be kept
+    unchanged. Other events are kept with probability ``keep_probability`` (one draw per event,
+    so both jets of an event share it) and their weight multiplied by 1 / ``keep_probability``.
+    """
+    if not 0 < keep_probability <= 1:
+        raise ValueError(f"keep probability must be in (0, 1], not {keep_probability}")
+    _, event = np.unique(event_ids, return_inverse=True)
+    n_events = int(event.max()) + 1 if len(event) else 0
+    protected = np.bincount(event, weights=kept_as_is.astype(np.float64), minlength=n_events) > 0
+    lucky = rng.random(n_events) < keep_probability
+    keep_event = protected | lucky
+    factor = np.where(protected, 1.0, 1.0 / keep_probability)
+    return keep_event[event], factor[event]
+
+
+def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
+                    checkpoint: str | os.PathLike, constituents: str | os.PathLike | None = None,
+                    constituent_jets: int = 2000, latent_bits: int = 7, seed: int = 0,
+                    sdmass_range: tuple[float, float] | None = (20.0, 500.0),
+                    thin_keep: float = 1.0, thin_qcd: float = 0.9,
+                    max_score_difference: float = 0.02, log=print) -> PackReport:
+    """Write the packed file ``output`` from the scored dataset ``scored`` (see module docstring).
+
+    ``constituents``: the JetClass-II-schema file(s) the dataset was scored from, row for row
+    (checked on ``jet_pt``). ``checkpoint``: the model that scored it. ``sdmass_range``: keep
+    jets with low < jet_sdmass < high (GeV); None keeps all. ``thin_keep``, ``thin_qcd``: see the
+    module docstring (1.0: no thinning).
+    """
+    output, checkpoint = Path(output), Path(checkpoint)
+    dataset = JetDataset(scored)
+    if not dataset.has("latent"):
+        raise DatasetError(f"{scored}: no 'latent' column to pack")
+    model = load_checkpoint(checkpoint)
+    latents = round_mantissa(dataset.latents, latent_bits)
+    recomputed = head_probabilities(model, latents)
+    difference = float(np.abs(recomputed - dataset.scores).max())
+    log(f"scores from the {latent_bits}-bit latents through {checkpoint.name}'s head differ from "
+        f"the stored ones by at most {difference:.2e}")
+    if difference > max_score_difference:
+        raise DatasetError(f"{scored}: scores recomputed from the latents differ by {difference:.3g}"
+                           f" (> {max_score_difference}); was it scored by {checkpoint}?")
+
+    selected = np.ones(len(dataset), dtype=bool)
+    if sdmass_range is not None:
+        sdmass = dataset.column("jet_sdmass")
+        selected = (sdmass > sdmass_range[0]) & (sdmass < sdmass_range[1])
+        log(f"{int(selected.sum())} of {len(dataset)} jets have {sdmass_range[0]:g} < mSD < "
+            f"{sdmass_range[1]:g} GeV")
+    rng = np.random.default_rng(seed)
+    weight_factor = np.ones(len(dataset))
+    if thin_keep < 1:
+        qcd_probability = recomputed[:, class_mask("QCD")].sum(axis=1)
+        event_ids = (dataset.column("event_id") if dataset.has("event_id")
+                     else np.arange(len(dataset)))
+        inside = np.flatnonzero(selected)
+        keep, factor = thin_events(event_ids[inside], qcd_probability[inside] < thin_qcd,
+                                   thin_keep, rng)
+        selected[inside[~keep]] = False
+        weight_factor[inside] = factor
+        log(f"thinning: events whose jets all have g_QCD >= {thin_qcd:g} kept with probability "
+            f"{thin_keep:g}: {int(selected.sum())} jets left")
+    kept = [c for c in dataset.columns if c not in set(SCORE_COLUMNS) and c != "latent"]
+    table = pa.concat_tables([pq.read_table(f, columns=kept) for f in dataset_files(scored)])
+    if thin_keep < 1:
+        position = table.schema.get_field_index("weight")
+        if position < 0:
+            raise DatasetError(f"{scored}: thinning needs a 'weight' column")
+        table = table.set_column(position, "weight",
+                                 pa.array(table["weight"].to_numpy() * weight_factor))
+    table = table.append_column("latent", pa.FixedSizeListArray.from_arrays(
+        pa.array(latents.reshape(-1)), latents.shape[1]))
+
+    chosen = 0
+    if constituents is not None and constituent_jets > 0:
+        sources = [Path(constituents)] if Path(constituents).is_file() else dataset_files(constituents)
+        source = pa.concat_tables([pq.read_table(f, columns=[*CONSTITUENT_COLUMNS, "jet_pt"])
+                                   for f in sources])
+        if source.num_rows != len(dataset) or not np.array_equal(
+                source["jet_pt"].to_numpy(), dataset.column("jet_pt")):
+            raise DatasetError(f"{constituents}: not the jets of {scored} row for row "
+                               f"({source.num_rows} rows, jet_pt differs)")
+        candidates = np.flatnonzero(selected)
+        keep = np.zeros(len(dataset), dtype=bool)
+        keep[rng.choice(candidates, min(constituent_jets, len(candidates)), replace=False)] = True
+        chosen = int(keep.sum())
+        for name in CONSTITUENT_COLUMNS:
+            table = table.append_column(name, subset_lists(source[name], keep))
+    table = table.filter(pa.array(selected))
+
+    extra = {**dataset.metadata.extra, SCORE_HEAD_KEY: os.path.relpath(
+        checkpoint.resolve(), output.resolve().parent), "score_head_sha256": file_digest(checkpoint, 64),
+        "latent_mantissa_bits": latent_bits, "constituent_jets": chosen,
+        "selection": (f"{sdmass_range[0]:g} < jet_sdmass < {sdmass_range[1]:g} GeV"
+                      if sdmass_range is not None else "none"),
+        "thinning": ({"qcd_probability_at_least": thin_qcd, "keep_probability": thin_keep,
+                      "seed": seed} if thin_keep < 1 else None)}
+    extra.pop("source_file", None)
+    metadata = DatasetMetadata(luminosity_fb=dataset.metadata.luminosity_fb,
+                               model_id=dataset.metadata.model_id, extra=extra)
+    table = table.replace_schema_metadata({b"sophon": metadata.to_json()})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_table_atomic(table, output, compression_level=19, row_group_size=16384)
+    report = PackReport(output, table.num_rows, chosen, output.stat().st_size, difference)
+    log(f"wrote {output}: {report.n_jets} jets ({chosen} with constituents), "
+        f"{report.bytes / 1e6:.1f} MB")
+    return report
+
+
+def _main(args: argparse.Namespace) -> int:
+    package_dataset(args.scored, args.output, checkpoint=args.model,
+                    constituents=args.constituents, constituent_jets=args.constituent_jets,
+                    latent_bits=args.latent_bits, seed=args.seed,
+                    sdmass_range=None if args.all_masses else (args.min_sdmass, args.max_sdmass),
+                    thin_keep=args.thin_keep, thin_qcd=args.thin_qcd)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "package", help="pack a scored dataset compactly (scores recomputed from the latents)")
+    parser.add_argument("scored", type=Path, help="scored dataset (file or directory)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="packed parquet file")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="the checkpoint that scored it (its head recomputes the scores)")
+    parser.add_argument("--constituents", type=Path, default=None,
+                        help="the JetClass-II-schema file(s) that were scored, for part_* columns")
+    parser.add_argument("--constituent-jets", type=int, default=2000,
+                        help="how many random jets keep their constituents")
+    parser.add_argument("--latent-bits", type=int, default=7, help="latent mantissa bits kept")
+    parser.add_argument("--min-sdmass", type=float, default=20.0, help="GeV (training selection)")
+    parser.add_argument("--max-sdmass", type=float, default=500.0, help="GeV (training selection)")
+    parser.add_argument("--all-masses", action="store_true", help="keep every jet")
+    parser.add_argument("--thin-keep", type=float, default=1.0,
+                        help="keep QCD-like events with this probability, weight x 1/p")
+    parser.add_argument("--thin-qcd", type=float, default=0.9,
+                        help="an event is QCD-like when all its jets have g_QCD >= this")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_main)

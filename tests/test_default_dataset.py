@@ -1,0 +1,118 @@
+"""The embedded default (data/default + data/models): checksums, contents, and the physics
+acceptance at efficiency 1e-4 of all jets (the paper's Fig. 3): the jets that the paper's presets
+select peak at the W, Z, Higgs and top masses, and the presets enrich those processes.
+
+Known answers: m_W = 80.4, m_Z = 91.2, m_H = 125, m_t = 172.5 GeV. Peaks are the fullest 10-GeV
+bin of the weighted mSD spectrum of the selected jets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sophon.analysis import DatasetAnalysis
+from sophon.discriminant import PRESETS
+from sophon.labels import N_CLASSES
+from sophon.manifest import DEFAULT_DATASET, REPOSITORY_ROOT, load_manifest, verify_path
+from sophon.spectrum import MassBinning
+from sophon.store import LATENT_DIM, JetDataset
+
+TIGHT = 1e-4
+BINNING = MassBinning(bins=50, low=0.0, high=500.0)  # 10 GeV bins
+W_MASS, Z_MASS, H_MASS, TOP_MASS = 80.4, 91.2, 125.0, 172.5
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    if not DEFAULT_DATASET.is_dir():
+        pytest.skip("the embedded default data/default is not in this checkout")
+    verify_path(DEFAULT_DATASET)
+    return DatasetAnalysis(JetDataset(DEFAULT_DATASET), binning=BINNING)
+
+
+def _scan(analysis: DatasetAnalysis, preset: str):
+    return analysis.jet_scan(PRESETS[preset], efficiencies=(1.0, TIGHT))
+
+
+def _peak(scan, level: int, processes: tuple[str, ...] | None = None,
+          window: tuple[float, float] = (30.0, 300.0)) -> float:
+    """The centre (GeV) of the fullest bin in ``window`` of the spectrum at ``level``."""
+    names = scan.process_names
+    spectrum = scan.spectrum(level, None if processes is None else
+                             [names.index(p) for p in processes])
+    centers = BINNING.centers
+    inside = (centers > window[0]) & (centers < window[1])
+    return float(centers[inside][np.argmax(spectrum[inside])])
+
+
+def _share(scan, level: int, process: str) -> float:
+    """The weighted fraction of the jets passing ``level`` that come from ``process``."""
+    stack = scan.sum_of_weights[level]
+    return float(stack[scan.process_names.index(process)].sum() / stack.sum())
+
+
+def test_every_shipped_file_matches_the_manifest():
+    entries = load_manifest()
+    assert {entry.kind for entry in entries} == {"dataset", "model"}
+    for entry in entries:
+        assert entry.command and entry.seed is not None, entry.name
+        assert verify_path(REPOSITORY_ROOT / entry.path)  # size and sha256
+    data_bytes = sum(f.stat().st_size for f in (REPOSITORY_ROOT / "data").rglob("*") if f.is_file())
+    assert data_bytes <= 30e6  # the budget for everything under data/
+    assert sum((REPOSITORY_ROOT / e.path).stat().st_size for e in entries
+               if e.kind == "model") <= 10e6
+
+
+def test_contents(analysis):
+    dataset = analysis.dataset
+    assert dataset.score_head is not None  # the scores are recomputed from the latents
+    assert dataset.scores.shape == (len(dataset), N_CLASSES)
+    np.testing.assert_allclose(dataset.scores.sum(axis=1), 1.0, atol=1e-4)
+    assert dataset.latents.shape == (len(dataset), LATENT_DIM)
+    for column in ("jet_pt", "jet_sdmass", "process", "weight", "event_id", "jet_rank",
+                   "umap_x", "umap_y", "part_px"):
+        assert dataset.has(column), column
+    assert dataset.metadata.luminosity_fb == 138.0
+    assert {"QCD", "W+jets", "Z+jets", "ttbar", "Higgs"} <= set(dataset.process_names)
+    sdmass = dataset.column("jet_sdmass")
+    assert sdmass.min() > 20 and sdmass.max() < 500  # the model's training phase space
+    lengths = dataset.frame(["part_px"])["part_px"].list.len().to_numpy()
+    assert int((lengths > 0).sum()) == 2000  # "a few thousand jets" carry constituents
+    assert np.isfinite(dataset.column("umap_x")).all()
+
+
+def test_w_and_z_jets_selected_by_x_to_cs(analysis):
+    scan = _scan(analysis, "A1: X->cs")
+    assert scan.selected_jets(1) >= 200  # enough simulated statistics at eps = 1e-4
+    assert abs(_peak(scan, 1, ("W+jets",)) - W_MASS) <= 10.0
+    assert abs(_peak(scan, 1, ("Z+jets",)) - Z_MASS) <= 10.0
+    # the tagger enriches W+jets by more than an order of magnitude
+    assert _share(scan, 1, "W+jets") > 20 * _share(scan, 0, "W+jets")
+
+
+def test_z_and_higgs_jets_selected_by_x_to_bb(analysis):
+    scan = _scan(analysis, "A2: X->bb")
+    assert scan.selected_jets(1) >= 200
+    assert abs(_peak(scan, 1, ("Z+jets",)) - Z_MASS) <= 10.0
+    assert abs(_peak(scan, 1, ("Higgs",)) - H_MASS) <= 15.0
+    assert _share(scan, 1, "Z+jets") > 20 * _share(scan, 0, "Z+jets")
+
+
+def test_top_jets_selected_by_three_prongs_one_b(analysis):
+    scan = _scan(analysis, "A3: X->b q q")
+    assert scan.selected_jets(1) >= 100
+    assert abs(_peak(scan, 1, ("ttbar",), window=(100.0, 300.0)) - TOP_MASS) <= 15.0
+    assert _share(scan, 1, "ttbar") > 20 * _share(scan, 0, "ttbar")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 7: the CPU-trained interim model leaves QCD at about "
+                   "80% of the weight at eps = 1e-4, so the summed spectrum peaks where the few "
+                   "QCD jets fall; a GPU-trained model is needed (docs/default_dataset.md)")
+@pytest.mark.parametrize("preset, mass, tolerance", [("A1: X->cs", W_MASS, 10.0),
+                                                     ("A2: X->bb", Z_MASS, 10.0),
+                                                     ("A3: X->b q q", TOP_MASS, 15.0)])
+def test_peak_stands_out_of_qcd_at_tight_efficiency(analysis, preset, mass, tolerance):
+    scan = _scan(analysis, preset)
+    assert abs(_peak(scan, 1) - mass) <= tolerance
+    assert _share(scan, 1, "QCD") < 0.5

@@ -1,0 +1,208 @@
+"""Compact datasets: scores recomputed from latents through the model head, mantissa rounding,
+constituents kept for a subset of jets (`sophon package`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sophon.model import SophonModel, head_probabilities, randomize_weights_, save_checkpoint
+from sophon.packaging import package_dataset, round_mantissa, subset_lists
+from sophon.store import SCORE_COLUMNS, DatasetError, DatasetMetadata, JetDataset, write_dataset
+from sophon.training import TRAINING_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    model = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=3).eval()
+    path = tmp_path_factory.mktemp("models") / "small.pt"
+    save_checkpoint(model, path)
+    return path, model
+
+
+def _scored(path, model, n=3000, seed=0):
+    """A dataset whose scores are the model head of its latents, as `sophon score` writes them."""
+    rng = np.random.default_rng(seed)
+    latents = rng.normal(size=(n, 128)).astype(np.float32) * 2
+    jets = {"jet_pt": rng.uniform(200, 1000, n).astype(np.float32),
+            "jet_sdmass": rng.uniform(20, 300, n).astype(np.float32),
+            "weight": rng.uniform(0.1, 1, n), "process": np.where(rng.random(n) < 0.5, "QCD", "W"),
+            "event_id": np.arange(n, dtype=np.int64)}
+    write_dataset(path, jets, scores=head_probabilities(model, latents), latents=latents,
+                  metadata=DatasetMetadata(luminosity_fb=138.0, model_id="small"))
+    return latents
+
+
+def _beside(tmp_path, checkpoint):
+    """A copy of ``checkpoint`` in ``tmp_path/models``: inside the folder holding the datasets."""
+    copy = tmp_path / "models" / checkpoint.name
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(checkpoint.read_bytes())
+    return copy
+
+
+def test_round_mantissa_matches_bfloat16_and_bounds_the_error():
+    rng = np.random.default_rng(1)
+    values = (rng.normal(size=20_000) * 10.0 ** rng.uniform(-3, 3, 20_000)).astype(np.float32)
+    rounded = round_mantissa(values, 7)
+    assert rounded.dtype == np.float32
+    assert not (rounded.view(np.uint32) & 0xFFFF).any()  # the dropped bits are zero
+    assert np.all(np.abs(rounded - values) <= np.abs(values) * 2.0 ** -8)
+    # bfloat16 keeps 7 mantissa bits and rounds to nearest (ties to even: skip exact ties)
+    reference = torch.from_numpy(values).to(torch.bfloat16).float().numpy()
+    not_tie = (values.view(np.uint32) & 0xFFFF) != 0x8000
+    np.testing.assert_array_equal(rounded[not_tie], reference[not_tie])
+    np.testing.assert_array_equal(round_mantissa(values, 23), values)
+    with pytest.raises(ValueError, match="mantissa bits"):
+        round_mantissa(values, 0)
+
+
+def test_subset_lists_empties_the_rows_not_kept():
+    column = pa.array([[1.0, 2.0], [3.0], [], [4.0, 5.0, 6.0]], pa.list_(pa.float32()))
+    result = subset_lists(column.slice(0), np.array([True, False, True, True]))
+    assert result.to_pylist() == [[1.0, 2.0], [], [], [4.0, 5.0, 6.0]]
+    sliced = subset_lists(column.slice(1, 3), np.array([True, False, True]))
+    assert sliced.to_pylist() == [[3.0], [], [4.0, 5.0, 6.0]]
+
+
+def test_scores_are_recomputed_from_the_latents(tmp_path, model_file):
+    checkpoint, model = model_file
+    checkpoint = _beside(tmp_path, checkpoint)
+    latents = _scored(tmp_path / "scored.parquet", model)
+    packed = tmp_path / "default" / "jets.parquet"
+    report = package_dataset(tmp_path / "scored.parquet", packed, checkpoint=checkpoint,
+                             log=lambda *a: None)
+    assert report.max_score_difference < 0.02
+    names = pq.read_schema(packed).names
+    assert not any(n in names for n in SCORE_COLUMNS) and "latent" in names
+    dataset = JetDataset(packed)
+    assert dataset.score_head == checkpoint.resolve()
+    expected = head_probabilities(model, round_mantissa(latents, 7))
+    np.testing.assert_allclose(dataset.scores, expected, rtol=0, atol=1e-6)
+    original = JetDataset(tmp_path / "scored.parquet").scores
+    assert np.abs(dataset.scores - original).max() < 0.02
+    assert dataset.metadata.luminosity_fb == 138.0
+    np.testing.assert_array_equal(dataset.column("jet_pt"),
+                                  JetDataset(tmp_path / "scored.parquet").column("jet_pt"))
+
+
+def test_score_head_problems_are_named(tmp_path, model_file):
+    checkpoint, model = model_file
+    _scored(tmp_path / "scored.parquet", model)
+    packed = tmp_path / "data" / "default" / "jets.parquet"
+    head = tmp_path / "data" / "models" / "small.pt"
+    head.parent.mkdir(parents=True)
+    head.write_bytes(checkpoint.read_bytes())
+    package_dataset(tmp_path / "scored.parquet", packed, checkpoint=head, log=lambda *a: None)
+    assert JetDataset(packed).score_head == head.resolve()
+    head.unlink()
+    with pytest.raises(DatasetError, match=r"score head .*small\.pt.* missing"):
+        JetDataset(packed)
+    # a head outside the folder that holds the dataset is refused
+    outside = tmp_path / "elsewhere" / "jets.parquet"
+    package_dataset(tmp_path / "scored.parquet", outside, checkpoint=checkpoint,
+                    log=lambda *a: None)
+    with pytest.raises(DatasetError, match="outside"):
+        JetDataset(outside)
+
+
+def test_a_different_model_is_refused(tmp_path, model_file):
+    checkpoint, model = model_file
+    _scored(tmp_path / "scored.parquet", model)
+    other = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=99)
+    save_checkpoint(other, tmp_path / "other.pt")
+    with pytest.raises(DatasetError, match="differ"):
+        package_dataset(tmp_path / "scored.parquet", tmp_path / "packed.parquet",
+                        checkpoint=tmp_path / "other.pt", log=lambda *a: None)
+
+
+def test_constituents_are_kept_for_a_subset(tmp_path, reference_parquet, model_file):
+    from sophon.scoring import TorchScorer, score_files
+
+    checkpoint, model = model_file
+    checkpoint = _beside(tmp_path, checkpoint)
+    scored = tmp_path / "scored"
+    score_files([reference_parquet], scored, TorchScorer(model, device="cpu"), progress=False,
+                log=lambda *a: None)
+    packed = tmp_path / "packed" / "jets.parquet"
+    report = package_dataset(scored, packed, checkpoint=checkpoint, constituents=reference_parquet,
+                             constituent_jets=10, seed=4, sdmass_range=None, log=lambda *a: None)
+    assert report.constituent_jets == 10
+    table = pq.read_table(packed)
+    source = pq.read_table(reference_parquet)
+    lengths = pa.compute.list_value_length(table["part_px"]).to_numpy()
+    kept = np.flatnonzero(lengths > 0)
+    assert len(kept) == 10
+    for row in kept:
+        assert table["part_px"][row].as_py() == source["part_px"][row].as_py()
+        assert table["part_isMuon"][row].as_py() == source["part_isMuon"][row].as_py()
+    # the packed scores are the model's scores of those jets, to the latent rounding
+    assert np.abs(JetDataset(packed).scores - JetDataset(scored).scores).max() < 0.02
+    shuffled = tmp_path / "shuffled.parquet"
+    pq.write_table(source.take(np.arange(source.num_rows)[::-1].copy()), shuffled)
+    with pytest.raises(DatasetError, match="row for row"):
+        package_dataset(scored, tmp_path / "bad.parquet", checkpoint=checkpoint,
+                        constituents=shuffled, log=lambda *a: None)
+    # the default keeps the training phase space 20 < mSD < 500 GeV, constituents included
+    selected = package_dataset(scored, tmp_path / "selected" / "jets.parquet",
+                               checkpoint=checkpoint, constituents=reference_parquet,
+                               constituent_jets=100, log=lambda *a: None)
+    sdmass = source["jet_sdmass"].to_numpy()
+    inside = (sdmass > 20) & (sdmass < 500)
+    assert 0 < inside.sum() < len(sdmass)  # the reference jets include some outside
+    assert selected.n_jets == selected.constituent_jets == inside.sum()
+    table = pq.read_table(tmp_path / "selected" / "jets.parquet")
+    np.testing.assert_array_equal(table["jet_sdmass"].to_numpy(), sdmass[inside])
+    assert table["part_px"].to_pylist() == source["part_px"].filter(pa.array(inside)).to_pylist()
+
+
+def test_thinning_keeps_protected_events_and_preserves_weight_on_average():
+    from sophon.packaging import thin_events
+
+    rng = np.random.default_rng(5)
+    n_events = 40_000
+    event_ids = np.repeat(np.arange(n_events) * 7 + 3, 2)  # two jets per event, sparse ids
+    weights = np.repeat(rng.exponential(1.0, n_events), 2)
+    protected = np.zeros(2 * n_events, dtype=bool)
+    protected[rng.choice(2 * n_events, 3000, replace=False)] = True
+    keep, factor = thin_events(event_ids, protected, 0.25, np.random.default_rng(1))
+    by_event = keep.reshape(-1, 2)
+    assert np.all(by_event[:, 0] == by_event[:, 1])  # one decision per event
+    event_protected = protected.reshape(-1, 2).any(axis=1)
+    assert by_event[event_protected, 0].all()
+    np.testing.assert_array_equal(factor.reshape(-1, 2)[event_protected], 1.0)
+    np.testing.assert_array_equal(factor.reshape(-1, 2)[~event_protected], 4.0)
+    kept_fraction = by_event[~event_protected, 0].mean()
+    assert abs(kept_fraction - 0.25) < 0.01
+    # the weighted sum is unbiased: within a few standard deviations of the original
+    thinned = (weights * factor)[keep].sum()
+    spread = np.sqrt(((weights[~protected] * 4) ** 2).sum() * 0.25 * 0.75 / 4)
+    assert abs(thinned - weights.sum()) < 4 * spread
+    with pytest.raises(ValueError, match="keep probability"):
+        thin_events(event_ids, protected, 0.0, rng)
+
+
+def test_packed_thinning_scales_the_weights(tmp_path, model_file):
+    checkpoint, model = model_file
+    checkpoint = _beside(tmp_path, checkpoint)
+    _scored(tmp_path / "scored.parquet", model, n=6000)
+    original = JetDataset(tmp_path / "scored.parquet")
+    qcd_probability = original.scores[:, [n.startswith("score_QCD") for n in SCORE_COLUMNS]].sum(1)
+    threshold = float(np.median(qcd_probability))
+    report = package_dataset(tmp_path / "scored.parquet", tmp_path / "thin" / "jets.parquet",
+                             checkpoint=checkpoint, thin_keep=0.5, thin_qcd=threshold,
+                             log=lambda *a: None)
+    packed = JetDataset(tmp_path / "thin" / "jets.parquet")
+    assert report.n_jets == len(packed) < len(original)
+    event, weight = original.column("event_id"), original.weights
+    protected = qcd_probability < threshold - 0.01  # clear of the latent rounding
+    thinned = qcd_probability > threshold + 0.01
+    # every protected jet is there with its weight; the others carry twice theirs
+    lookup = dict(zip(packed.column("event_id").tolist(), packed.weights.tolist()))
+    assert all(lookup.get(e) == w for e, w in zip(event[protected], weight[protected]))
+    doubled = [lookup[e] / w for e, w in zip(event[thinned], weight[thinned]) if e in lookup]
+    assert 0.4 < len(doubled) / thinned.sum() < 0.6
+    np.testing.assert_allclose(doubled, 2.0)
