@@ -37,7 +37,7 @@ test: install chromium
 bench: install
 	$(BIN)/python benchmarks/bench_core.py --jets 1000000 10000000
 
-# Rebuild the embedded default from scratch (data/models + data/default; about 75 minutes on two
+# Rebuild the embedded default from scratch (data/models + data/default; about 90 minutes on two
 # CPU cores, most of it training). Intermediate files go to $(WORK). See docs/default_dataset.md.
 WORK ?= build/default
 MODEL := data/models/sophon-small.pt
