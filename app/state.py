@@ -5,8 +5,9 @@ Everything here is shared by all sessions of one server process:
 - where the data is (:func:`data_path`: ``--data PATH`` after ``panel serve app --args``, else
   the ``SOPHON_DATA`` environment variable, else ``data/default`` under the repository root);
 - where rescoring models may be read from (:func:`models_dir`: ``--models DIR`` /
-  ``SOPHON_MODELS`` / ``data/models``, where the default model ships) and where rescored datasets are written (:func:`output_dir`:
-  ``--output DIR`` / ``SOPHON_OUTPUT`` / a folder in the system temporary directory);
+  ``SOPHON_MODELS`` / ``data/models``, where the default model ships) and where rescored
+  datasets are written (:func:`output_dir`: ``--output DIR`` / ``SOPHON_OUTPUT`` / a folder in
+  the system temporary directory);
 - the loaded datasets (:func:`load_analysis`): each path is opened and validated ONCE per process
   and the same :class:`~sophon.analysis.DatasetAnalysis` is handed to every session. A dataset
   that cannot be opened gives a :class:`DatasetProblem` (a message for the page), never an

@@ -247,7 +247,6 @@ class JetDataset:
                 raise DatasetError(f"{file}: scores come from {head}, not {self.score_head} as in "
                                    f"{self.files[0].name}")
             self.score_head = head
-        for file, metadata in zip(self.files, metadatas):
             if metadata.luminosity_fb != self.metadata.luminosity_fb:
                 raise DatasetError(f"{file}: luminosity {metadata.luminosity_fb} fb^-1 differs "
                                    f"from {self.metadata.luminosity_fb} in {self.files[0].name}")

@@ -41,6 +41,7 @@ from sophon.atomic import atomic_output
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
 from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS, index_of
 from sophon.model import SophonConfig, SophonModel, count_parameters, save_checkpoint, sophon_config
+from sophon.scoring import resolve_device, resolve_precision
 
 __all__ = ["TRAINING_CONFIGS", "TrainingOptions", "TrainingSample", "load_training_sample",
            "flattening_weights", "bucketed", "train", "evaluate", "evaluate_model",
@@ -54,7 +55,6 @@ TRAINING_CONFIGS: dict[str, SophonConfig] = {
                            num_cls_layers=1, fc_params=((256, 0.1),), ffn_ratio=2,
                            attn_dropout=0.0, activation_dropout=0.0),
 }
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this many particles
 PT_RANGE = (200.0, 2500.0)  # GeV
 SDMASS_RANGE = (20.0, 500.0)  # GeV
@@ -138,22 +138,6 @@ def flattening_weights(labels: np.ndarray, jet_pt: np.ndarray, jet_sdmass: np.nd
     return weights / weights.sum()
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def _precision(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; use auto, fp32 or bf16")
-    return PRECISIONS[name]
-
-
 def bucketed(jets: np.ndarray, multiplicity: np.ndarray, batch_size: int,
              rng: np.random.Generator) -> list[np.ndarray]:
     """``jets`` cut into batches of similar constituent multiplicity, in random batch order."""
@@ -183,7 +167,7 @@ def evaluate(model: SophonModel, sample: TrainingSample, jets: np.ndarray, *,
     Jets are scored in multiplicity order (little padding) and returned in the order given.
     ``precision``: autocast dtype (default bf16 on CUDA, fp32 elsewhere)."""
     device = torch.device(device)
-    precision = precision or _precision("auto", device)
+    precision = precision or resolve_precision("auto", device)
     model.eval()
     order = np.argsort(sample.inputs.multiplicity[jets], kind="stable")
     ordered = np.asarray(jets)[order]
@@ -221,7 +205,7 @@ def train(sample: TrainingSample, output: str | os.PathLike,
     output = Path(output)
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device)
     if device.type == "cpu":
         torch.set_num_threads(max(os.cpu_count() or 1, 1))
     order = rng.permutation(len(sample))
@@ -232,7 +216,7 @@ def train(sample: TrainingSample, output: str | os.PathLike,
     weights = flattening_weights(sample.labels[training], sample.jet_pt[training],
                                  sample.jet_sdmass[training])
     config = TRAINING_CONFIGS[options.config]
-    precision = _precision(options.precision, device)
+    precision = resolve_precision(options.precision, device)
     model = SophonModel(config).to(device)
     optimizer = torch.optim.RAdam(model.parameters(), lr=options.learning_rate,
                                   betas=(0.95, 0.999), eps=1e-5)
@@ -305,10 +289,10 @@ def evaluate_model(checkpoint: str | os.PathLike, files: Sequence[str | os.PathL
     from sophon.model import load_checkpoint
 
     sample = load_training_sample(files)
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     model = load_checkpoint(checkpoint).to(torch_device)
     probabilities = evaluate(model, sample, np.arange(len(sample)), device=torch_device,
-                             precision=_precision(precision, torch_device))
+                             precision=resolve_precision(precision, torch_device))
     discriminant = PRESETS["X->bb vs QCD"].evaluate(probabilities)
     is_qcd = np.array([not c.resonant for c in CONTENTS])[sample.labels]
     is_xbb = sample.labels == index_of("X_bb")
