@@ -60,6 +60,8 @@ __all__ = [
     "randomize_weights_",
     "count_parameters",
     "file_digest",
+    "masked_batch_norm",
+    "freeze_batch_norms",
 ]
 
 SOPHON_PARAMETER_COUNT = 2_304_688
@@ -227,8 +229,11 @@ class PairEmbedding(nn.Module):
                 layers[-1] = (weight, bias, module)
         return layers
 
-    def forward(self, vectors: Tensor) -> Tensor:
-        """``vectors`` (N, 4, P) -> bias (N, out_dim, P, P), equal in (i, j) and (j, i)."""
+    def forward(self, vectors: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``vectors`` (N, 4, P) -> bias (N, out_dim, P, P), equal in (i, j) and (j, i).
+
+        ``valid`` (N, P) bool marks the real particles; BatchNorms that are training take their
+        statistics over the pairs of real particles only (see :func:`masked_batch_norm`)."""
         batch, _, length = vectors.shape
         if torch.onnx.is_in_onnx_export():
             # ONNX: the whole P x P grid, no data-dependent indexing (both halves are identical).
@@ -241,23 +246,63 @@ class PairEmbedding(nn.Module):
         else:
             rows, cols = torch.tril_indices(length, length, device=vectors.device)
         features = pairwise_features(vectors[:, :, rows], vectors[:, :, cols])  # (N, 4, pairs)
-        if self.training:  # BatchNorm needs batch statistics: the module path
-            embedded = self.embed(features)  # (N, out_dim, pairs)
-            bias = embedded.new_zeros(batch, self.out_dim, length, length)
-            bias[:, :, rows, cols] = embedded
-            bias[:, :, cols, rows] = embedded
-            return bias
-        # Inference: pairs as rows, one matrix product per layer.
-        hidden = features.transpose(1, 2)
-        for weight, layer_bias, activation in self.folded_layers():
-            hidden = F.linear(hidden, weight.to(hidden.dtype), layer_bias.to(hidden.dtype))
-            if activation is not None:
-                hidden = activation(hidden)
-        hidden = hidden.transpose(1, 2)  # (N, out_dim, pairs): the bias is read per head
+        if any(m.training for m in self.embed if isinstance(m, nn.BatchNorm1d)):
+            # BatchNorm needs batch statistics: the module path, over real pairs only
+            valid_pairs = None if valid is None else valid[:, rows] & valid[:, cols]
+            hidden = features
+            for module in self.embed:
+                if isinstance(module, nn.BatchNorm1d):
+                    hidden = masked_batch_norm(module, hidden, valid_pairs)
+                else:
+                    hidden = module(hidden)
+        else:
+            # Fixed statistics (inference, or training with frozen BatchNorms): pairs as rows, one
+            # matrix product per layer.
+            hidden = features.transpose(1, 2)
+            for weight, layer_bias, activation in self.folded_layers():
+                hidden = F.linear(hidden, weight.to(hidden.dtype), layer_bias.to(hidden.dtype))
+                if activation is not None:
+                    hidden = activation(hidden)
+            hidden = hidden.transpose(1, 2)  # (N, out_dim, pairs): the bias is read per head
         bias = hidden.new_zeros(batch, self.out_dim, length, length)
         bias[:, :, rows, cols] = hidden
         bias[:, :, cols, rows] = hidden
         return bias
+
+
+def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor | None) -> Tensor:
+    """``norm`` applied to ``x`` (N, C, L), with batch statistics over the entries that ``valid``
+    (N, L) bool marks (all when ``None``) while ``norm`` is training; its running statistics are
+    updated from those entries as ``nn.BatchNorm1d`` updates them.
+
+    Why: training batches are bucketed by multiplicity, so the share of padded slots (zeros, and
+    log(eps) pair features) changes from batch to batch; statistics that include them differ from
+    the running ones used in evaluation, which made early validation accuracy collapse. An eval-mode
+    ``norm`` is applied unchanged, so inference and the published layout are untouched.
+    """
+    if not norm.training or valid is None:
+        return norm(x)
+    weight = valid.unsqueeze(1).to(torch.float32)  # (N, 1, L)
+    values = x.float()
+    count = weight.sum().clamp(min=2.0)
+    mean = (values * weight).sum(dim=(0, 2)) / count
+    var = ((values - mean[None, :, None]).square() * weight).sum(dim=(0, 2)) / count
+    with torch.no_grad():
+        momentum = 0.1 if norm.momentum is None else norm.momentum
+        norm.running_mean.lerp_(mean.detach(), momentum)
+        norm.running_var.lerp_(var.detach() * count / (count - 1), momentum)
+        norm.num_batches_tracked.add_(1)
+    scale = norm.weight * torch.rsqrt(var + norm.eps)
+    return values * scale[None, :, None] + (norm.bias - mean * scale)[None, :, None]
+
+
+def freeze_batch_norms(model: nn.Module) -> int:
+    """Put every BatchNorm of ``model`` in eval mode (running statistics, affine still trained);
+    returns how many. Training after this computes exactly what evaluation computes."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.eval()
+    return len(norms)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,9 +322,10 @@ class ParticleEmbedding(nn.Module):
             width = dim
         self.embed = nn.Sequential(*layers)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """(N, C, P) -> (N, P, embed_dim)."""
-        return self.embed(self.input_bn(features).transpose(1, 2))
+    def forward(self, features: Tensor, valid: Tensor | None = None) -> Tensor:
+        """(N, C, P) -> (N, P, embed_dim); ``valid`` (N, P) bool: the real particles, over which a
+        training BatchNorm takes its statistics."""
+        return self.embed(masked_batch_norm(self.input_bn, features, valid).transpose(1, 2))
 
 
 def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float) -> Tensor:
@@ -482,8 +528,8 @@ class ParticleTransformer(nn.Module):
 
     def forward(self, pf_features: Tensor, pf_vectors: Tensor, pf_mask: Tensor) -> tuple[Tensor, Tensor]:
         valid = pf_mask[:, 0] > 0  # (N, P)
-        x = self.embed(pf_features).masked_fill(~valid.unsqueeze(-1), 0.0)
-        pair_bias = self.pair_embed(pf_vectors)  # (N, H, P, P)
+        x = self.embed(pf_features, valid).masked_fill(~valid.unsqueeze(-1), 0.0)
+        pair_bias = self.pair_embed(pf_vectors, valid)  # (N, H, P, P)
         key_bias = torch.zeros_like(valid, dtype=pair_bias.dtype).masked_fill(~valid, -math.inf)
         attn_bias = pair_bias + key_bias[:, None, None, :]
         device_type = pf_vectors.device.type

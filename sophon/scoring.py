@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,7 +96,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
     if name == "fp16" and device.type != "cuda":
         raise ValueError("fp16 inference needs --device cuda; use bf16 or fp32 on the CPU")
+    if name == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        warnings.warn("bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is emulated and "
+                      "about 100x slower than fp32; use --precision fp32 (or auto) here",
+                      RuntimeWarning, stacklevel=2)
     return PRECISIONS[name]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's own test: AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @dataclass(frozen=True)

@@ -5,26 +5,74 @@ import pytest
 
 from sophon.labels import index_of
 from sophon.model import load_checkpoint
-from sophon.training import (TRAINING_CONFIGS, TrainingOptions, background_rejection, bucketed,
-                             evaluate, evaluate_model, flattening_weights, load_training_sample,
-                             train)
+from sophon.model import masked_batch_norm
+from sophon.tagging import background_rejection, selection_score, tagging_figures
+from sophon.training import (CLASS_WEIGHTS, TRAINING_CONFIGS, TrainingOptions, acceptance,
+                             bucketed, epoch_jets, evaluate, evaluate_model, flattening_factors,
+                             load_training_sample, train)
 
 
-def test_flattening_weights_equalise_groups_and_cells():
+def test_flattening_caps_sparse_cells_and_thins_dense_ones():
+    # one group (QCD_light), three (pT, mSD) cells with 1000, 100 and 10 jets; the reference is
+    # the 10th percentile of the cell counts, np.percentile([10, 100, 1000], 10) = 28
+    labels = np.full(1110, index_of("QCD_light"))
+    pt = np.full(1110, 300.0)
+    sdmass = np.repeat([55.0, 155.0, 255.0], [1000, 100, 10])
+    factors = flattening_factors(labels, pt, sdmass)
+    assert np.allclose(factors[:1000], 28 / 1000)
+    assert np.allclose(factors[1000:1100], 28 / 100)
+    assert np.all(factors[1100:] == 1.0)
+
+
+def test_acceptance_shares_follow_the_published_class_weights():
     rng = np.random.default_rng(0)
-    labels = np.concatenate([np.full(900, index_of("QCD_light")), np.full(100, index_of("X_bb"))])
-    pt = np.where(rng.random(1000) < 0.8, 300.0, 1500.0)
-    sdmass = rng.choice([50.0, 150.0], 1000)
-    weights = flattening_weights(labels, pt, sdmass)
-    assert weights.sum() == pytest.approx(1.0)
-    qcd = labels == index_of("QCD_light")
-    # QCD_light and X_bb are different reweighting groups: each gets half the weight
-    assert weights[qcd].sum() == pytest.approx(0.5)
-    # within a group every occupied (pT, mSD) cell carries the same total weight
-    for group in (qcd, ~qcd):
-        totals = [weights[group & (pt == p) & (sdmass == m)].sum()
-                  for p in (300.0, 1500.0) for m in (50.0, 150.0)]
-        assert np.allclose(totals, totals[0])
+    labels = np.concatenate([np.full(20000, index_of("QCD_light")), np.full(20000, index_of("X_bb")),
+                             np.full(20000, index_of("X_YY_bbbb"))])
+    pt = rng.uniform(250, 2000, len(labels))
+    sdmass = rng.uniform(30, 480, len(labels))
+    p = acceptance(labels, pt, sdmass, 6000)
+    assert p.max() <= 1 and p.sum() == pytest.approx(6000)
+    # QCD 0.25, X_QQ 0.4, X_YY_QQQQ 0.32 of the published weights, renormalised over those present
+    total = CLASS_WEIGHTS["QCD"] + CLASS_WEIGHTS["X_QQ"] + CLASS_WEIGHTS["X_YY_QQQQ"]
+    for label, group in (("QCD_light", "QCD"), ("X_bb", "X_QQ"), ("X_YY_bbbb", "X_YY_QQQQ")):
+        share = p[labels == index_of(label)].sum() / p.sum()
+        assert share == pytest.approx(CLASS_WEIGHTS[group] / total, rel=1e-9)
+    # a cap binds: no jet above it, and a group that cannot fill its share is drawn at the cap
+    capped = acceptance(labels, pt, sdmass, 50000, cap=0.5)
+    assert capped.max() == pytest.approx(0.5)
+    assert capped.sum() < 50000
+
+
+def test_epoch_draws_are_without_replacement_and_reproducible():
+    p = np.random.default_rng(1).uniform(0, 1, 5000)
+    first = epoch_jets(p, seed=3, epoch=0)
+    assert len(np.unique(first)) == len(first)
+    assert np.array_equal(first, epoch_jets(p, seed=3, epoch=0))
+    assert not np.array_equal(first, epoch_jets(p, seed=3, epoch=1))
+    assert len(first) == pytest.approx(p.sum(), rel=0.05)
+    # a jet's draw frequency over many epochs is its probability
+    counts = np.zeros(len(p))
+    for epoch in range(200):
+        counts[epoch_jets(p, seed=3, epoch=epoch)] += 1
+    assert np.corrcoef(counts / 200, p)[0, 1] > 0.99
+
+
+def test_masked_batch_norm_uses_only_real_entries():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 10)
+    valid = torch.rand(6, 10) > 0.4
+    x_padded = x.masked_fill(~valid[:, None, :], -18.4)  # padded slots: log(eps) pair features
+    masked = torch.nn.BatchNorm1d(3)
+    reference = torch.nn.BatchNorm1d(3)
+    out = masked_batch_norm(masked, x_padded, valid)
+    real = x.permute(0, 2, 1)[valid]  # (n_real, 3): what a BatchNorm over real entries sees
+    expected = reference(real)
+    torch.testing.assert_close(out.permute(0, 2, 1)[valid], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masked.running_mean, reference.running_mean)
+    torch.testing.assert_close(masked.running_var, reference.running_var)
+    masked.eval()  # evaluation: the plain module with running statistics
+    torch.testing.assert_close(masked_batch_norm(masked, x_padded, valid), masked(x_padded))
 
 
 def test_the_published_configuration_is_registered():
@@ -38,7 +86,7 @@ def test_the_published_configuration_is_registered():
 def test_bucketed_batches_partition_the_jets_by_multiplicity():
     rng = np.random.default_rng(3)
     multiplicity = rng.integers(1, 129, 1000)
-    jets = rng.choice(1000, 700, replace=True)  # resampled with repeats, as in an epoch
+    jets = rng.choice(1000, 700, replace=False)
     batches = bucketed(jets, multiplicity, 64, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == sorted(jets.tolist())
     assert [len(b) for b in batches].count(64) == 10
@@ -46,6 +94,8 @@ def test_bucketed_batches_partition_the_jets_by_multiplicity():
     ranges = sorted((multiplicity[b].min(), multiplicity[b].max()) for b in batches)
     assert all(high <= next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:]))
     assert [multiplicity[b].min() for b in batches] != sorted(multiplicity[b].min() for b in batches)
+    dropped = bucketed(jets, multiplicity, 64, np.random.default_rng(0), drop_last=True)
+    assert [len(b) for b in dropped] == [64] * 10
 
 
 def test_background_rejection_known_answers():
@@ -53,6 +103,25 @@ def test_background_rejection_known_answers():
     background = np.concatenate([np.full(990, -1.0), np.full(10, 50.0)])
     assert background_rejection(signal, background, 0.6) == pytest.approx(100.0)
     assert background_rejection(signal, np.full(10, -5.0), 0.6) == float("inf")
+
+
+def test_tagging_figures_of_a_known_tagger():
+    # 100 X_bb jets and 1000 QCD_light jets; X_bb jets have g_Xbb rising with their index, and
+    # 10 QCD jets look exactly like the most X_bb-like signal jet
+    n_signal, n_qcd = 100, 1000
+    probabilities = np.full((n_signal + n_qcd, 188), 1e-4)
+    probabilities[:n_signal, index_of("X_bb")] = np.linspace(0.1, 0.9, n_signal)
+    probabilities[n_signal:, index_of("QCD_light")] = 0.9
+    probabilities[n_signal:n_signal + 10] = probabilities[n_signal - 1]
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    labels = np.concatenate([np.full(n_signal, index_of("X_bb")), np.full(n_qcd, index_of("QCD_light"))])
+    figures = tagging_figures(probabilities, labels, presets=("A2: X->bb",))["A2: X->bb"]
+    assert figures["signal_jets"] == n_signal and figures["qcd_jets"] == n_qcd
+    # at 30-60 % signal efficiency the 10 signal-like QCD jets pass and no other QCD jet does
+    for key in ("30%", "50%", "60%"):
+        assert figures[key]["qcd_passing"] == 10
+        assert figures[key]["rejection"] == pytest.approx(100.0)
+    assert selection_score({"A2": figures}) == pytest.approx(100.0)
 
 
 def test_training_learns_and_keeps_a_loadable_best_checkpoint(reference_dir, tmp_path):
@@ -70,7 +139,9 @@ def test_training_learns_and_keeps_a_loadable_best_checkpoint(reference_dir, tmp
     assert probabilities.shape == (len(sample), 188)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     saved = json.loads((tmp_path / "model.json").read_text())
-    assert saved["best_validation_accuracy"] == summary["best_validation_accuracy"]
+    assert saved["best_epoch"] == summary["best_epoch"] and saved["finished"]
+    # learning curves: training and validation loss per epoch, under the same draw weights
+    assert all(np.isfinite([r["loss"], r["validation_loss"]]).all() for r in saved["history"])
     # scoring happens in multiplicity order; results come back in the order asked for
     order = np.random.default_rng(0).permutation(len(sample))
     np.testing.assert_allclose(evaluate(model, sample, order), probabilities[order], atol=1e-6)
@@ -79,6 +150,33 @@ def test_training_learns_and_keeps_a_loadable_best_checkpoint(reference_dir, tmp
     assert figures["jets"] == len(sample)
     predicted = probabilities.argmax(axis=1)
     assert figures["accuracy"]["all classes"] == pytest.approx(np.mean(predicted == sample.labels))
+
+
+def test_a_stopped_training_resumes_where_it_stopped(reference_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    sample = load_training_sample([reference_dir / "JetClassII_example.parquet"])
+    options = TrainingOptions(config="small", epochs=2, samples_per_epoch=64, batch_size=16,
+                              learning_rate=2e-3, device="cpu", seed=4)
+    whole = train(sample, tmp_path / "whole.pt", options, state_path=tmp_path / "whole.state",
+                  log=lambda *_: None)
+    # max_minutes=0 stops after the first batch; then three resumptions finish the run
+    parts = tmp_path / "parts.state"
+    first = train(sample, tmp_path / "parts.pt", options, state_path=parts, max_minutes=0,
+                  log=lambda *_: None)
+    assert not first["finished"]
+    state = torch.load(parts, weights_only=False)
+    assert (state["epoch"], state["batch_in_epoch"]) == (0, 1)
+    while not (summary := train(sample, tmp_path / "parts.pt", options, state_path=parts,
+                                resume=True, max_minutes=0, log=lambda *_: None))["finished"]:
+        pass
+    assert [r["loss"] for r in summary["history"]] == [r["loss"] for r in whole["history"]]
+    final_whole = torch.load(tmp_path / "whole.state", weights_only=False)["model"]
+    final_parts = torch.load(parts, weights_only=False)["model"]
+    for key, value in final_whole.items():
+        torch.testing.assert_close(final_parts[key], value, rtol=0, atol=0)
+    other = TrainingOptions(**{**options.__dict__, "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(sample, tmp_path / "parts.pt", other, state_path=parts, resume=True)
 
 
 def test_missing_training_column_is_named(tmp_path, reference_dir):

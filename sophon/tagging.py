@@ -1,0 +1,113 @@
+"""Tagging performance on labelled jets: background rejection of the paper's presets against QCD.
+
+Pure numpy on (N, 188) probabilities and true JetClass-II labels (N,), so training (model
+selection), ``sophon evaluate`` (the model card) and notebooks read the same figures:
+
+- the signal of a preset is the jets whose true class is one of its numerator classes (A1: X_cs,
+  A2: X_bb, A3: the six three-prong classes with exactly one b), the background the jets of the 27
+  QCD classes;
+- at a signal efficiency e the cut on D keeps the fraction e of the signal jets; the background
+  efficiency is the fraction of QCD jets passing it, the rejection its inverse. When no QCD jet
+  passes, the rejection is only bounded from below by the number of QCD jets: reported as inf
+  with ``qcd_passing`` 0, so a reader sees how little it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sophon.discriminant import PRESETS
+from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS
+
+__all__ = ["TAGGING_PRESETS", "SIGNAL_EFFICIENCIES", "background_rejection", "tagging_figures",
+           "class_accuracies", "selection_score"]
+
+#: The presets whose QCD rejection the project tracks (paper eqs. 5-6).
+TAGGING_PRESETS = ("A1: X->cs", "A2: X->bb", "A3: X->b q q")
+SIGNAL_EFFICIENCIES = (0.3, 0.5, 0.6)
+_IS_QCD = np.array([not c.resonant for c in CONTENTS])
+_GROUP_NAMES = tuple(REWEIGHT_GROUPS)
+_GROUP_OF_CLASS = np.array([_GROUP_NAMES.index(c.reweight_group) for c in CONTENTS])
+
+
+def background_rejection(signal: np.ndarray, background: np.ndarray,
+                         signal_efficiency: float) -> float:
+    """1 / (background efficiency) at the cut on a discriminant that keeps ``signal_efficiency``
+    of the ``signal`` values (jets pass with value >= cut); inf when no background passes."""
+    if len(signal) == 0 or len(background) == 0:
+        return float("nan")
+    cut = np.quantile(signal, 1.0 - signal_efficiency, method="higher")
+    passing = float(np.mean(background >= cut))
+    return float("inf") if passing == 0 else 1.0 / passing
+
+
+def tagging_figures(probabilities: np.ndarray, labels: np.ndarray,
+                    presets: tuple[str, ...] = TAGGING_PRESETS,
+                    efficiencies: tuple[float, ...] = SIGNAL_EFFICIENCIES) -> dict[str, dict]:
+    """Per preset: signal and QCD jet counts, and per signal efficiency the QCD efficiency, the
+    rejection and the number of QCD jets passing (the rejection's statistical footing)."""
+    probabilities = np.asarray(probabilities)
+    labels = np.asarray(labels)
+    if probabilities.ndim != 2 or probabilities.shape[1] != N_CLASSES:
+        raise ValueError(f"probabilities must be (N, {N_CLASSES}), not {probabilities.shape}")
+    is_qcd = _IS_QCD[labels]
+    figures: dict[str, dict] = {}
+    for name in presets:
+        preset = PRESETS[name]
+        is_signal = (preset.numerator_weights > 0)[labels]
+        # rank on log-odds: float32 D saturates at 1 for the tightest cuts
+        values = preset.log_odds(probabilities)
+        signal, background = values[is_signal], values[is_qcd]
+        entry: dict = {"signal_jets": int(is_signal.sum()), "qcd_jets": int(is_qcd.sum())}
+        for efficiency in efficiencies:
+            key = f"{round(100 * efficiency)}%"
+            rejection = background_rejection(signal, background, efficiency)
+            passing = (0 if not len(signal) or not len(background) else int(np.sum(
+                background >= np.quantile(signal, 1.0 - efficiency, method="higher"))))
+            entry[key] = {"qcd_efficiency": (passing / len(background) if len(background)
+                                             else float("nan")),
+                          "rejection": rejection, "qcd_passing": passing}
+        figures[name] = entry
+    return figures
+
+
+def class_accuracies(probabilities: np.ndarray, labels: np.ndarray,
+                     weights: np.ndarray | None = None) -> dict[str, float]:
+    """Arg-max accuracy over the 188 classes, per class kind (two-prong, three/four-prong, QCD),
+    and for the coarser question of the right reweighting group; ``weights`` (N,) optional."""
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    labels = np.asarray(labels)
+    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, float)
+
+    def mean(correct: np.ndarray, members: np.ndarray) -> float:
+        total = weights[members].sum()
+        return float((weights[members] * correct[members]).sum() / total) if total > 0 else math.nan
+
+    everything = np.ones(len(labels), bool)
+    right = predicted == labels
+    result = {"all classes": mean(right, everything)}
+    kinds = {"two_prong": np.array([c.resonant and c.prongs == 2 for c in CONTENTS]),
+             "three_four_prong": np.array([c.resonant and c.prongs > 2 for c in CONTENTS]),
+             "QCD": _IS_QCD}
+    for name, kind in kinds.items():
+        members = kind[labels]
+        if members.any():
+            result[name] = mean(right, members)
+    result["reweighting group"] = mean(_GROUP_OF_CLASS[predicted] == _GROUP_OF_CLASS[labels],
+                                       everything)
+    return result
+
+
+def selection_score(figures: dict[str, dict], efficiency: str = "60%") -> float:
+    """One number to choose checkpoints by: the geometric mean over the presets of the QCD
+    rejection at ``efficiency``; a rejection with no QCD jet passing counts as the number of QCD
+    jets (its lower bound), so the score stays finite."""
+    logs = []
+    for entry in figures.values():
+        rejection = entry[efficiency]["rejection"]
+        if math.isnan(rejection):
+            continue
+        logs.append(math.log(entry["qcd_jets"] if math.isinf(rejection) else rejection))
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
