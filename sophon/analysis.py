@@ -27,6 +27,7 @@ __all__ = ["DatasetAnalysis", "EventTable", "DIJET_MASS_BINNING"]
 
 DIJET_MASS_BINNING = MassBinning(bins=100, low=0.0, high=5000.0)
 EfficiencyReference = Literal["all", "QCD"]
+JetChoice = Literal["all", "leading"]
 
 
 class _BoundedCache(OrderedDict):
@@ -96,6 +97,13 @@ class DatasetAnalysis:
             return class_mask("QCD")[dataset.column("jet_label")]
         raise ValueError(f"{dataset.path}: no 'process' or 'jet_label' column to find QCD jets")
 
+    @cached_property
+    def leading_jets(self) -> np.ndarray:
+        """Indices of each event's leading jet (``jet_rank`` 0), as the paper's Fig. 3 draws."""
+        if not self.dataset.has("jet_rank"):
+            raise ValueError(f"{self.dataset.path}: the leading-jet spectrum needs 'jet_rank'")
+        return np.flatnonzero(self.dataset.column("jet_rank") == 0)
+
     @property
     def has_events(self) -> bool:
         return self.dataset.has("event_id") and self.dataset.has("jet_rank")
@@ -157,13 +165,23 @@ class DatasetAnalysis:
     # --- scans --------------------------------------------------------------------------------
     def jet_scan(self, discriminant: Discriminant, *,
                  efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
-                 reference: EfficiencyReference = "all") -> EfficiencyScan:
+                 reference: EfficiencyReference = "all", jets: JetChoice = "all"
+                 ) -> EfficiencyScan:
         """Jet mSD spectra at each efficiency of ``discriminant``; efficiencies count all jets'
-        weight or only QCD jets' (``reference``)."""
+        weight or only QCD jets' (``reference``). ``jets="leading"``: only each event's leading
+        jet enters, cuts and spectra alike (paper Fig. 3)."""
         dataset = self.dataset
+        values, mass_index = self.log_odds(discriminant), self.mass_index
+        weights, codes = dataset.weights, dataset.process_codes
         reference_mask = None if reference == "all" else self.qcd_reference
-        return EfficiencyScan.build(self.log_odds(discriminant), self.mass_index, dataset.weights,
-                                    dataset.process_codes, dataset.process_names,
+        if jets == "leading":
+            rows = self.leading_jets
+            values, mass_index, weights, codes = (a[rows] for a in (values, mass_index, weights,
+                                                                    codes))
+            reference_mask = None if reference_mask is None else reference_mask[rows]
+        elif jets != "all":
+            raise ValueError(f"jets must be 'all' or 'leading', not {jets!r}")
+        return EfficiencyScan.build(values, mass_index, weights, codes, dataset.process_names,
                                     efficiencies=efficiencies, reference=reference_mask,
                                     binning=self.binning)
 

@@ -125,8 +125,15 @@ class EfficiencyScan:
     """Weighted mass spectra of the jets passing each of a list of efficiency cuts.
 
     ``sum_of_weights`` and ``sum_of_weights_squared`` have shape (levels, processes, bins + 2)
-    (under- and overflow at both ends); ``jet_counts`` (levels, processes) counts raw jets.
-    Levels are nested: level ``l`` holds every jet with value >= ``thresholds[l]``.
+    (under- and overflow at both ends); ``jet_counts`` (levels, processes) counts raw jets;
+    ``max_weight`` (levels,) is the largest single jet weight passing each level, and
+    ``achieved_efficiencies`` (levels,) the fraction of the reference weight that really passes
+    (above the requested one when jets with large weights or ties sit at the cut; NaN when the
+    scan was filled from given thresholds). Levels are nested: level ``l`` holds every jet with
+    value >= ``thresholds[l]``.
+
+    How much a level's spectrum rests on: :meth:`effective_jets` (Kish's effective sample size
+    (sum w)^2 / sum w^2) and :meth:`largest_weight_share`; bin errors are sqrt(sum w^2).
     """
 
     efficiencies: np.ndarray
@@ -136,6 +143,8 @@ class EfficiencyScan:
     sum_of_weights: np.ndarray
     sum_of_weights_squared: np.ndarray
     jet_counts: np.ndarray
+    max_weight: np.ndarray
+    achieved_efficiencies: np.ndarray
 
     @classmethod
     def build(cls, values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
@@ -151,9 +160,19 @@ class EfficiencyScan:
         if np.any(np.diff(efficiencies) > 0):
             raise ValueError("efficiencies must be in decreasing order")
         thresholds = thresholds_for_efficiencies(values, weights, efficiencies, reference)
-        return cls.from_thresholds(values, mass_index, weights, process_codes, process_names,
+        scan = cls.from_thresholds(values, mass_index, weights, process_codes, process_names,
                                    efficiencies=efficiencies, thresholds=thresholds,
                                    binning=binning)
+        reference_values = values if reference is None else values[reference]
+        reference_weights = np.asarray(weights if reference is None else weights[reference],
+                                       dtype=np.float64)
+        total = reference_weights.sum()
+        if total > 0:
+            passed = np.searchsorted(thresholds, reference_values, side="right")
+            per_count = np.bincount(passed, weights=reference_weights,
+                                    minlength=len(thresholds) + 1)
+            scan.achieved_efficiencies = _passing(per_count) / total
+        return scan
 
     @classmethod
     def from_thresholds(cls, values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
@@ -172,12 +191,16 @@ class EfficiencyScan:
         sum_w2 = np.bincount(flat, weights=weights * weights, minlength=size).reshape(shape)
         counts = np.bincount(passed * n_processes + process_codes,
                              minlength=(n_levels + 1) * n_processes).reshape(shape[:2])
+        largest = np.zeros(n_levels + 1)
+        np.maximum.at(largest, passed, weights)
         # a jet passing k thresholds belongs to levels 0..k-1: reverse cumulative sum over k
         return cls(efficiencies=np.asarray(efficiencies, dtype=np.float64),
                    thresholds=np.asarray(thresholds), binning=binning,
                    process_names=tuple(process_names),
                    sum_of_weights=_passing(sum_w), sum_of_weights_squared=_passing(sum_w2),
-                   jet_counts=_passing(counts))
+                   jet_counts=_passing(counts),
+                   max_weight=np.maximum.accumulate(largest[::-1])[::-1][1:],
+                   achieved_efficiencies=np.full(n_levels, np.nan))
 
     @property
     def n_levels(self) -> int:
@@ -195,7 +218,23 @@ class EfficiencyScan:
         return cube.sum(axis=0)[1:-1]
 
     def spectrum_variance(self, level: int) -> np.ndarray:
+        """(bins,) sum of squared weights: the variance of :meth:`spectrum` from MC statistics."""
         return self.sum_of_weights_squared[level].sum(axis=0)[1:-1]
+
+    def stack_variance(self, level: int) -> np.ndarray:
+        """(processes, bins) sum of squared weights per process at ``level``."""
+        return self.sum_of_weights_squared[level][:, 1:-1]
+
+    def effective_jets(self, level: int) -> float:
+        """Kish's effective number of jets passing ``level``, (sum w)^2 / sum w^2 over all
+        processes and masses: how many equal-weight jets would carry the same statistics."""
+        squared = float(self.sum_of_weights_squared[level].sum())
+        return float(self.sum_of_weights[level].sum()) ** 2 / squared if squared > 0 else 0.0
+
+    def largest_weight_share(self, level: int) -> float:
+        """The largest single jet's share of the weight passing ``level`` (0 when empty)."""
+        total = self.selected_yield(level)
+        return float(self.max_weight[level]) / total if total > 0 else 0.0
 
     def stack(self, level: int) -> np.ndarray:
         """(processes, bins) summed weights per process at ``level``."""

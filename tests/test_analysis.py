@@ -88,3 +88,20 @@ def test_event_significance_counts_events_in_the_dijet_window(analysis, syntheti
         passing = (values >= cut) & in_window
         assert curve.signal[i] == pytest.approx(events.weight[passing & signal].sum())
         assert curve.background[i] == pytest.approx(events.weight[passing & ~signal].sum())
+
+
+def test_leading_jet_scan_uses_only_each_events_leading_jet(analysis, synthetic_dataset):
+    discriminant = PRESETS["A1: X->cs"]
+    leading = synthetic_dataset.column("jet_rank") == 0
+    scan = analysis.jet_scan(discriminant, efficiencies=[1.0, 0.01], jets="leading")
+    assert scan.selected_jets(0) == int(leading.sum()) < len(leading)
+    # the cut keeps 1 % of the leading jets' weight, computed here directly
+    values = analysis.log_odds(discriminant)[leading]
+    weights = synthetic_dataset.weights[leading]
+    passing = values >= scan.thresholds[1]
+    assert scan.selected_jets(1) == int(passing.sum())
+    assert scan.achieved_efficiencies[1] == pytest.approx(weights[passing].sum() / weights.sum())
+    assert scan.effective_jets(1) == pytest.approx(weights[passing].sum() ** 2
+                                                   / (weights[passing] ** 2).sum())
+    with pytest.raises(ValueError, match="leading"):
+        analysis.jet_scan(discriminant, jets="subleading")

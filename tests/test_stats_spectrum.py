@@ -122,3 +122,28 @@ def test_mass_binning_flows():
     binning = MassBinning(10, 0, 100)
     np.testing.assert_array_equal(binning.index(np.array([-5, 0, 9.99, 10, 99.9, 100, np.nan])),
                                   [0, 1, 1, 2, 10, 11, 11])
+
+
+def test_effective_jets_largest_share_and_achieved_efficiency_known_answers():
+    # 98 light jets of weight 1 with low scores and two heavy jets of weight 100 at the top
+    values = np.concatenate([np.linspace(0, 1, 98), [5.0, 6.0]]).astype(np.float32)
+    weights = np.concatenate([np.ones(98), [100.0, 100.0]])
+    binning = MassBinning(bins=10, low=0, high=100)
+    mass_index = binning.index(np.full(100, 55.0))
+    scan = EfficiencyScan.build(values, mass_index, weights, np.zeros(100, int), ["QCD"],
+                                efficiencies=[1.0, 0.5, 0.01], binning=binning)
+    # everything: (298)^2 / (98 + 2e4)
+    assert scan.effective_jets(0) == pytest.approx(298**2 / (98 + 2e4))
+    assert scan.largest_weight_share(0) == pytest.approx(100 / 298)
+    # 50 % of 298 is reached by the two heavy jets (200 of 298): they alone pass, achieving 67 %
+    assert scan.selected_jets(1) == 2
+    assert scan.effective_jets(1) == pytest.approx(2.0)
+    assert scan.largest_weight_share(1) == pytest.approx(0.5)
+    assert scan.achieved_efficiencies[1] == pytest.approx(200 / 298)
+    # 1 % = 2.98 events: the heaviest jet alone, which is 33.6 % of the weight
+    assert scan.selected_jets(2) == 1 and scan.effective_jets(2) == pytest.approx(1.0)
+    assert scan.achieved_efficiencies[2] == pytest.approx(100 / 298)
+    np.testing.assert_allclose(scan.spectrum_variance(2)[5], 1e4)
+    assert np.all(np.isnan(EfficiencyScan.from_thresholds(
+        values, mass_index, weights, np.zeros(100, int), ["QCD"], efficiencies=scan.efficiencies,
+        thresholds=scan.thresholds, binning=binning).achieved_efficiencies))
