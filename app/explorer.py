@@ -55,6 +55,9 @@ class Explorer(param.Parameterized):
                               doc="The chosen efficiency (snapped to the scan's levels).")
     luminosity = param.Number(default=None, allow_None=True, bounds=(0, None),
                               doc="Integrated luminosity in fb^-1 for absolute yields.")
+    jets = param.Selector(default="all", objects=["all", "leading"],
+                          doc="Jet spectra of all jets, or of each event's leading jet only.")
+    show_errors = param.Boolean(default=False, doc="Draw MC statistical errors on the stack.")
     normalise = param.Boolean(default=False, doc="Show unit-area spectra.")
     log_y = param.Boolean(default=True, doc="Logarithmic y axes for spectra.")
     signal = param.Selector(default=None, objects=[], allow_None=True, check_on_set=False,
@@ -161,16 +164,17 @@ class Explorer(param.Parameterized):
         self._update_scans()
         self._update_significance()
 
-    @param.depends("discriminant", "reference", watch=True)
+    @param.depends("discriminant", "reference", "jets", watch=True)
     def _update_scans(self):
         """The jet scan, event scan and the selection's scan: once per discriminant change."""
         if self.analysis is None or self._quiet:
             return
         analysis, discriminant = self.analysis, self.discriminant
         try:
-            scan = cached_result(analysis, ("jet_scan", discriminant, self.reference),
+            jets = self.jets if analysis.dataset.has("jet_rank") else "all"
+            scan = cached_result(analysis, ("jet_scan", discriminant, self.reference, jets),
                                  lambda: analysis.jet_scan(discriminant, efficiencies=EFFICIENCIES,
-                                                           reference=self.reference))
+                                                           reference=self.reference, jets=jets))
             event_scan = None
             if analysis.has_events:
                 event_scan = cached_result(
@@ -219,6 +223,8 @@ class Explorer(param.Parameterized):
         """The selection's spectra with the thresholds of the whole dataset."""
         if scan is None or subset is None or self.analysis is None:
             return None
+        if self.jets == "leading" and self.analysis.dataset.has("jet_rank"):
+            subset = np.intersect1d(subset, self.analysis.leading_jets, assume_unique=True)
         return self.analysis.subset_scan(self.discriminant, scan, subset)
 
     def _default_window(self, signal: str | None) -> tuple[float, float]:

@@ -208,6 +208,13 @@ class StackPlot:
             renderer = self.figure.varea("x", f"lower{i}", f"upper{i}", source=self.source,
                                          fill_color=colors[self.names[i]], fill_alpha=0.85)
             items.append(LegendItem(label=self.names[i], renderers=[renderer]))
+        # the total's MC statistical error, sqrt(sum of w^2) per bin, when asked for
+        self.error_source = ColumnDataSource({"x": [], "lower": [], "upper": []})
+        self.error_band = self.figure.varea("x", "lower", "upper", source=self.error_source,
+                                            fill_color="#222222", fill_alpha=0.25,
+                                            hatch_pattern="/", hatch_color="#222222",
+                                            hatch_alpha=0.6, visible=False)
+        items.insert(0, LegendItem(label="MC stat. error", renderers=[self.error_band]))
         self.figure.add_layout(Legend(items=items, label_text_font_size="8pt", spacing=0,
                                       padding=4), "right")
         self.window_low = Span(location=0, dimension="height", line_color="#555555",
@@ -223,8 +230,10 @@ class StackPlot:
         set_log_y(self.figure, log_y)
 
     def update(self, edges: np.ndarray, stack: np.ndarray,
-               window: tuple[float, float] | None = None, ylabel: str | None = None) -> None:
-        """``stack`` (categories, bins) in the order of ``names``."""
+               window: tuple[float, float] | None = None, ylabel: str | None = None,
+               errors: np.ndarray | None = None) -> None:
+        """``stack`` (categories, bins) in the order of ``names``; ``errors`` (bins,) the
+        standard deviation of the total, drawn as a band around it (None: no band)."""
         stack = np.asarray(stack, dtype=np.float64)
         positive = stack[stack > 0]
         floor = positive.min() / 10 if (self.log_y and positive.size) else 0.0
@@ -239,6 +248,16 @@ class StackPlot:
             data[f"lower{i}"], data[f"upper{i}"] = y_lower, y_upper
             cumulative = upper
         self.source.data = {"x": x, **data}
+        self.error_band.visible = errors is not None
+        if errors is None:
+            self.error_source.data = {"x": [], "lower": [], "upper": []}
+        else:
+            total = stack.sum(axis=0)
+            lower = steps(edges, total - errors)[1]
+            upper = steps(edges, total + errors)[1]
+            if self.log_y:
+                lower = np.maximum(lower, floor) if floor > 0 else _for_log(lower, True)
+            self.error_source.data = {"x": x, "lower": lower, "upper": upper}
         if window is not None:
             self.window_low.update(location=float(window[0]), visible=True)
             self.window_high.update(location=float(window[1]), visible=True)

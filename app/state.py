@@ -49,6 +49,7 @@ __all__ = [
     "resolve_data",
     "resolve_model",
     "load_analysis",
+    "loaded_paths",
     "shared",
     "warm_up",
     "clear_cache",
@@ -297,6 +298,17 @@ def preload(argv: Sequence[str] | None = None) -> DatasetAnalysis | DatasetProbl
         log.exception("precomputing the default views failed")
     log.info("preloaded %s in %.1f s", loaded.dataset.path, time.perf_counter() - start)
     return loaded
+
+
+def loaded_paths() -> set[Path]:
+    """The files of every dataset loaded in this process (the rescoring cleanup keeps them)."""
+    with _LOCK:
+        analyses = list(_ANALYSES.items())
+    paths = set()
+    for key, analysis in analyses:
+        paths.add(key)
+        paths.update(Path(f).resolve() for f in analysis.dataset.files)
+    return paths
 
 
 def loaded_analysis(argv: Sequence[str] | None = None) -> DatasetAnalysis | None:

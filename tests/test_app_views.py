@@ -215,6 +215,45 @@ def test_yield_text_matches_the_scan(explorer):
     assert explorer.selected_yield() == pytest.approx(explorer.scan.selected_yield(level))
 
 
+def test_summary_states_the_effective_jets_and_warns_at_low_statistics(explorer):
+    view = SpectrumView(explorer)
+    scan = explorer.scan
+    levels = [level for level in range(scan.n_levels) if scan.selected_jets(level)]
+    low = [level for level in levels if scan.effective_jets(level) < 25]
+    high = [level for level in levels if scan.effective_jets(level) >= 25]
+    assert low and high  # the synthetic sample's tightest cuts rest on a few jets
+    for level in (low[0], high[0]):
+        explorer.efficiency = EFFICIENCIES[level]
+        text = view._stats.object
+        weights = explorer.dataset.weights[explorer.analysis.log_odds(explorer.discriminant)
+                                           >= scan.thresholds[level]]
+        effective = weights.sum() ** 2 / (weights ** 2).sum()
+        assert f"<span class='effective-count'>{effective:,.1f}</span>" in text
+        assert ("low-statistics-warning" in text) == (effective < 25)
+
+
+def test_leading_jet_spectrum_and_error_band(explorer):
+    view = SpectrumView(explorer)
+    render(view)
+    all_jets = explorer.scan
+    view._jets.value = "leading"
+    assert explorer.jets == "leading"
+    leading = explorer.analysis.jet_scan(explorer.discriminant, efficiencies=EFFICIENCIES,
+                                         jets="leading")
+    np.testing.assert_array_equal(explorer.scan.thresholds, leading.thresholds)
+    assert explorer.scan.selected_jets(0) < all_jets.selected_jets(0)
+    assert not view.stack_plot.error_band.visible
+    view._errors.value = True
+    level = explorer.level
+    band = view.stack_plot.error_source.data
+    total = leading.spectrum(level)
+    sigma = np.sqrt(leading.spectrum_variance(level))
+    filled = total > 0
+    np.testing.assert_allclose(np.asarray(band["upper"])[1::2][filled],
+                               (total + sigma)[filled] * explorer.scale, rtol=1e-9)
+    assert view.stack_plot.error_band.visible
+
+
 def test_efficiency_slider_does_not_rebuild_the_scan(explorer):
     view = SpectrumView(explorer)
     render(view)

@@ -7,6 +7,10 @@ responsive). It reads the constituents a chunk at a time, rescoring only jets wi
 particle (the others keep their scores), writes a new dataset to the configured output folder,
 loads it through the shared cache, and the session's views switch to it. The page polls the
 job for its progress bar. The same dataset rescored with the same model file is reused.
+
+What a session may start and write is bounded by :mod:`app.limits` (jobs per session and in
+all, bytes per session, the output folder's size and age); a limit reached shows its message in
+the page and starts nothing.
 """
 
 from __future__ import annotations
@@ -31,17 +35,36 @@ from sophon.analysis import DatasetAnalysis
 from sophon.store import (LATENT_DIM, SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetMetadata,
                           write_dataset)
 
-from app.state import (DatasetProblem, list_models, load_analysis, models_dir, output_dir,
-                       resolve_model)
+from app.limits import Budget, LimitReached, SessionUsage, Ticket, session_usage
+from app.state import (DatasetProblem, data_path, list_models, load_analysis, loaded_paths,
+                       models_dir, output_dir, resolve_model)
 from app.views.base import ExplorerView, problem_message
 
-__all__ = ["RescoringView", "RescoreJob", "submit", "gpu_present", "has_constituents"]
+__all__ = ["RescoringView", "RescoreJob", "submit", "budget", "estimate_bytes", "gpu_present",
+           "has_constituents"]
 
 log = logging.getLogger("sophon.app")
 _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophon-rescore")
 _JOBS: dict[Path, RescoreJob] = {}
 _JOBS_LOCK = threading.Lock()
+_BUDGETS: dict[Path, Budget] = {}
 CHUNK_JETS = 4096
+
+
+def budget() -> Budget:
+    """The process-wide :class:`~app.limits.Budget` of the configured output folder."""
+    folder = output_dir().resolve()
+    with _JOBS_LOCK:
+        if folder not in _BUDGETS:
+            _BUDGETS[folder] = Budget(folder, in_use=lambda: {data_path(), *loaded_paths()})
+        return _BUDGETS[folder]
+
+
+def estimate_bytes(dataset) -> int:
+    """A generous size of ``dataset`` rescored: its files (the columns kept, compressed) plus the
+    188 scores and 128 latents of every jet as uncompressed float32."""
+    stored = sum(Path(f).stat().st_size for f in dataset.files)
+    return stored + dataset.n_jets * (len(SCORE_COLUMNS) + LATENT_DIM) * 4
 
 
 def gpu_present() -> bool:
@@ -71,6 +94,9 @@ class RescoreJob:
     result: DatasetAnalysis | None = None
     started: float = field(default_factory=time.time)
     cancel: threading.Event = field(default_factory=threading.Event)
+    ticket: Ticket | None = None  # its place in the budget (app.limits), closed when it ends
+    budget: Budget | None = None
+    written: int = 0  # bytes written under the output folder
 
     @property
     def finished(self) -> bool:
@@ -87,6 +113,9 @@ class RescoreJob:
         except Exception as error:  # the page shows it; the server keeps serving
             log.exception("rescoring %s with %s failed", self.analysis.dataset.path, self.model)
             self.state, self.message = "failed", f"{type(error).__name__}: {error}"
+        finally:
+            if self.budget is not None and self.ticket is not None:
+                self.budget.close(self.ticket, self.written)
 
     def _run(self) -> None:
         from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
@@ -137,6 +166,7 @@ class RescoreJob:
                        "rescored_from": str(dataset.path),
                        "rescored_jets": self.rescored, "scorer": scorer.description})
             write_dataset(self.output, jets, scores=scores, latents=latents, metadata=metadata)
+            self.written = self.output.stat().st_size
         self.done = self.total
         self.message = "loading the rescored dataset"
         loaded = load_analysis(self.output)
@@ -160,16 +190,32 @@ def output_path(analysis: DatasetAnalysis, model: Path) -> Path:
     return output_dir() / f"{stem}-rescored-{model.stem}-{file_digest(model, 10)}.parquet"
 
 
-def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto") -> RescoreJob:
-    """Start (or join) the rescoring of ``analysis``'s dataset with ``model``."""
+def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto",
+           session: SessionUsage | None = None, limits: Budget | None = None) -> RescoreJob:
+    """Start (or join) the rescoring of ``analysis``'s dataset with ``model`` for ``session``.
+
+    Raises :class:`~app.limits.LimitReached` (its text is the page's message) when the session or
+    the server has as many jobs as it may, or the bytes would not fit; nothing is started then.
+    """
     output = output_path(analysis, model)
+    session = SessionUsage() if session is None else session
+    limits = budget() if limits is None else limits
     with _JOBS_LOCK:
         job = _JOBS.get(output)
-        if job is not None and job.state in ("queued", "running"):
+        if job is not None and job.state in ("queued", "running") and job.ticket is not None:
+            limits.join(session, job.ticket)
             return job
-        job = RescoreJob(analysis=analysis, model=model, device=device, output=output)
+        # an earlier rescoring on disk is loaded, not written again
+        estimate = 0 if output.exists() else estimate_bytes(analysis.dataset)
+        ticket = limits.admit(session, output, estimate)
+        job = RescoreJob(analysis=analysis, model=model, device=device, output=output,
+                         ticket=ticket, budget=limits)
         _JOBS[output] = job
-    _EXECUTOR.submit(job.run)
+    try:
+        _EXECUTOR.submit(job.run)
+    except BaseException:
+        limits.close(ticket)
+        raise
     return job
 
 
@@ -182,6 +228,7 @@ class RescoringView(ExplorerView):
         super().__init__(explorer, **params)
         self.job: RescoreJob | None = None
         self._callback = None
+        self.usage = session_usage(pn.state.curdoc)  # this browser session's jobs and bytes
         devices = ["auto", "cpu"] + (["cuda"] if gpu_present() else [])
         self._model = pn.widgets.Select(label="Model file", options=list_models(), width=320)
         self._refresh = pn.widgets.Button(label="↻", width=40,
@@ -193,6 +240,12 @@ class RescoringView(ExplorerView):
         self._progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
                                                 visible=False, bar_color="primary")
         self._status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["rescore-status"])
+        # a limit reached (app.limits): plain text, never HTML
+        self._limit = pn.pane.Str("", visible=False, sizing_mode="stretch_width",
+                                  css_classes=["rescore-limit"],
+                                  styles={"white-space": "pre-wrap", "color": "#8a4b00",
+                                          "background": "#fff4e5", "padding": "6px 10px",
+                                          "border-radius": "4px"})
         self._refresh.on_click(lambda e: self._list_models())
         self._start.on_click(lambda e: self.start())
         self._stop.on_click(lambda e: self.cancel())
@@ -222,7 +275,14 @@ class RescoringView(ExplorerView):
         except ValueError as error:
             self._status.object = f"⚠ {html.escape(str(error))}"
             return None
-        self.job = submit(explorer.analysis, model, self._device.value)
+        try:
+            job = submit(explorer.analysis, model, self._device.value, session=self.usage)
+        except LimitReached as error:
+            self._limit.object = f"⚠ {error}"
+            self._limit.visible = True
+            return None
+        self._limit.object, self._limit.visible = "", False
+        self.job = job
         self._start.disabled = True
         self._stop.disabled = False
         self._progress.visible = True
@@ -264,10 +324,10 @@ class RescoringView(ExplorerView):
         return pn.Column(
             pn.pane.Markdown("Rescore the jets that carry constituents with a model file from "
                              f"the models folder (`{models_dir()}`). The job runs in the "
-                             "background; other users are not blocked.",
-                             sizing_mode="stretch_width"),
+                             "background; other users are not blocked. "
+                             + budget().limits.describe(), sizing_mode="stretch_width"),
             pn.Row(self._model, self._refresh, pn.Column(pn.pane.HTML("<small>device</small>",
                                                                       margin=(0, 5)),
                                                          self._device)),
-            pn.Row(self._start, self._stop), self._progress, self._status,
+            pn.Row(self._start, self._stop), self._progress, self._status, self._limit,
             sizing_mode="stretch_width", css_classes=["rescoring"])

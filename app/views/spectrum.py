@@ -21,7 +21,10 @@ from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number
 from app.views.base import ExplorerView, message, problem_message
 
 __all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
-           "link_widget", "scan_summary"]
+           "link_widget", "scan_summary", "LOW_STATISTICS"]
+
+#: Below this effective number of jets a spectrum is a handful of weighted jets: say so.
+LOW_STATISTICS = 25.0
 
 
 def toggle(**params) -> pn.widgets.RadioButtonGroup:
@@ -83,6 +86,16 @@ def stack_values(scan: EfficiencyScan, level: int, *, normalise: bool = False,
     return _shown(scan.stack(level), normalise, scale)
 
 
+def stack_errors(scan: EfficiencyScan, level: int, *, normalise: bool = False,
+                 scale: float = 1.0) -> np.ndarray:
+    """(bins,) the MC statistical error sqrt(sum w^2) of the stack's total, in its units."""
+    errors = np.sqrt(scan.spectrum_variance(level))
+    if normalise:
+        total = scan.spectrum(level).sum()
+        return errors / total if total > 0 else np.zeros_like(errors)
+    return errors * scale
+
+
 def y_label(explorer: Explorer) -> str:
     if explorer.normalise:
         return "fraction / bin"
@@ -113,13 +126,26 @@ def scan_summary(explorer: Explorer, scan: EfficiencyScan | None, *, unit: str =
     per_process = " · ".join(
         f"{html.escape(name)} {format_number(value * explorer.scale)}"
         for name, value in zip(scan.process_names, scan.sum_of_weights[level].sum(axis=1)))
+    effective = scan.effective_jets(level)
+    achieved = float(scan.achieved_efficiencies[level])
+    achieved_text = (f" (achieved <span class='achieved-efficiency'>"
+                     f"{achieved:.2g}</span>)" if np.isfinite(achieved) else "")
+    warning = ""
+    if count and effective < LOW_STATISTICS:
+        warning = (f"<div class='low-statistics-warning' style='color:#a94400'>⚠ Few simulated "
+                   f"{unit}: this selection carries the statistics of only {effective:.1f} "
+                   f"equal-weight {unit} (the heaviest one is "
+                   f"{100 * scan.largest_weight_share(level):.0f} % of the yield); its shape is "
+                   f"mostly noise. Loosen the cut or switch on the MC errors.</div>")
     return (f"<div class='scan-summary'>"
-            f"<b>ε = {efficiency_label(scan.efficiencies[level])}</b> of {reference} · "
-            f"cut {cut}<br>"
-            f"<b>Selected {unit}: <span class='selected-count'>{count:,}</span></b> · "
+            f"<b>ε = {efficiency_label(scan.efficiencies[level])}</b>{achieved_text} of "
+            f"{reference} · cut {cut}<br>"
+            f"<b>Selected {unit}: <span class='selected-count'>{count:,}</span></b> "
+            f"(effective <span class='effective-count'>{effective:,.1f}</span>) · "
             f"<b>weighted yield: <span class='selected-yield'>{format_number(weighted)}</span>"
             f"</b> events{luminosity}<br>"
-            f"<span style='font-size:0.85em;color:#555'>per process: {per_process}</span></div>")
+            f"<span style='font-size:0.85em;color:#555'>per process: {per_process}</span>"
+            f"{warning}</div>")
 
 
 class ScanView(ExplorerView):
@@ -148,7 +174,8 @@ class ScanView(ExplorerView):
         self._error = message("", "danger", visible=False)
         if self.explorer.ready:
             self._build_figures()
-            watched = [self.scan_name, "efficiency", "normalise", "luminosity", "window", "error"]
+            watched = [self.scan_name, "efficiency", "normalise", "luminosity", "window", "error",
+                       "show_errors"]
             if self.overlay_name:
                 watched.append(self.overlay_name)
             self.explorer.param.watch(self.refresh, watched)
@@ -211,10 +238,12 @@ class ScanView(ExplorerView):
                                 scale=explorer.scale))
         ylabel = y_label(explorer)
         self.curves_plot.update(scan.binning.edges, self.curves(), level, overlay, ylabel)
+        errors = (stack_errors(scan, level, normalise=explorer.normalise, scale=explorer.scale)
+                  if explorer.show_errors else None)
         self.stack_plot.update(scan.binning.edges,
                                stack_values(scan, level, normalise=explorer.normalise,
                                             scale=explorer.scale),
-                               explorer.window if self.show_window else None, ylabel)
+                               explorer.window if self.show_window else None, ylabel, errors)
         self._stats.object = self.summary()
 
     def summary(self) -> str:
@@ -264,6 +293,12 @@ class SpectrumView(ScanView):
                                                  value=explorer.luminosity, width=130,
                                                  disabled=not explorer.weighted)
         self._format = toggle(options=["PNG", "SVG"], value=self.export_format)
+        self._jets = toggle(options={"all jets": "all", "leading jet": "leading"},
+                            value=explorer.jets,
+                            disabled=not (explorer.ready and explorer.dataset.has("jet_rank")))
+        self._errors = pn.widgets.Checkbox(label="MC errors", value=explorer.show_errors)
+        link_widget(self._jets, explorer, "jets")
+        link_widget(self._errors, explorer, "show_errors")
         link_widget(self._mode, explorer, "normalise")
         link_widget(self._yscale, explorer, "log_y")
         link_widget(self._reference, explorer, "reference")
@@ -274,6 +309,7 @@ class SpectrumView(ScanView):
         return pn.Row(
             pn.Column(self._slider, self._player, width=330),
             pn.Column(pn.Row(self._mode, self._yscale), self._reference),
+            pn.Column(self._jets, self._errors),
             self._luminosity,
             pn.Column(pn.pane.HTML("<small>save tool writes</small>", margin=(0, 5)),
                       self._format),
