@@ -1,10 +1,14 @@
 # Two commands do all set-up on a fresh machine (see README):
-#   make app    serve the app on the embedded default dataset (http://localhost:5006/app)
+#   make app    serve the app on the embedded default dataset, to this machine only
+#               (http://localhost:5006/app); make app HOST=0.0.0.0: a workshop room with a password
 #   make test   run the whole test suite (installs Debian's chromium for the browser tests)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 5006
+HOST   ?= 127.0.0.1
+# in a room, one more name the page is opened by (e.g. the machine's host name)
+ORIGIN ?=
 DATA   ?= data/default
 
 .PHONY: app test bench install chromium default
@@ -23,8 +27,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps weaver-core==0.5.3
 	touch $@
 
+# app/serve.py makes the `panel serve` arguments: 127.0.0.1 and its own origins by default; any
+# other HOST is a workshop room (the address to share, a generated password, those origins only)
 app: install
-	$(BIN)/panel serve app --port $(PORT) --allow-websocket-origin='*' --args --data $(DATA)
+	$(BIN)/python app/serve.py --host $(HOST) --port $(PORT) --data $(DATA) \
+	  $(if $(ORIGIN),--origin $(ORIGIN))
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -58,9 +58,9 @@ MAX_JOBS_PER_SESSION = 1
 MAX_JOBS_TOTAL = 3
 #: Bytes one session may write under the output folder (the embedded default, rescored, is
 #: about 0.1 GB).
-MAX_SESSION_BYTES = 1 << 30
+MAX_SESSION_BYTES = 1_000_000_000
 #: Bytes of rescored files the output folder may hold in all.
-MAX_OUTPUT_BYTES = 5 << 30
+MAX_OUTPUT_BYTES = 5_000_000_000
 #: Age (seconds since last written) after which a rescored file is deleted.
 OUTPUT_MAX_AGE_S = 24 * 3600.0
 #: The file names the app writes in the output folder: rescored datasets and the temporaries of

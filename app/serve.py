@@ -208,6 +208,9 @@ def main(argv=None) -> int:
     print(serving.describe(), flush=True)
     try:
         process = subprocess.Popen(serving.command, env=serving.env, cwd=ROOT)
+        for name in ("SIGTERM", "SIGHUP"):  # stop panel too, then clean up (finally)
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), lambda *_: process.terminate())
         try:
             return process.wait()
         except KeyboardInterrupt:  # Ctrl-C reaches panel too; give it a moment to stop

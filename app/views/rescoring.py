@@ -191,7 +191,7 @@ def output_path(analysis: DatasetAnalysis, model: Path) -> Path:
 
 
 def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto",
-           session: SessionUsage | None = None, limits: Budget | None = None) -> RescoreJob:
+           session: SessionUsage | None = None, account: Budget | None = None) -> RescoreJob:
     """Start (or join) the rescoring of ``analysis``'s dataset with ``model`` for ``session``.
 
     Raises :class:`~app.limits.LimitReached` (its text is the page's message) when the session or
@@ -199,22 +199,22 @@ def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto",
     """
     output = output_path(analysis, model)
     session = SessionUsage() if session is None else session
-    limits = budget() if limits is None else limits
+    account = budget() if account is None else account
     with _JOBS_LOCK:
         job = _JOBS.get(output)
         if job is not None and job.state in ("queued", "running") and job.ticket is not None:
-            limits.join(session, job.ticket)
+            account.join(session, job.ticket)
             return job
         # an earlier rescoring on disk is loaded, not written again
         estimate = 0 if output.exists() else estimate_bytes(analysis.dataset)
-        ticket = limits.admit(session, output, estimate)
+        ticket = account.admit(session, output, estimate)
         job = RescoreJob(analysis=analysis, model=model, device=device, output=output,
-                         ticket=ticket, budget=limits)
+                         ticket=ticket, budget=account)
         _JOBS[output] = job
     try:
         _EXECUTOR.submit(job.run)
     except BaseException:
-        limits.close(ticket)
+        account.close(ticket)
         raise
     return job
 
