@@ -14,10 +14,14 @@ notebooks need and drops what can be recomputed:
   time from the checkpoint named in the metadata (:mod:`sophon.store`, "scores from latents");
 - the constituents (``part_*`` list columns, from the generated source file) of a random subset
   of ``constituent_jets`` jets, so rescoring and the jet view work; other jets hold empty lists;
-- optionally *thinned* events (``thin_keep`` < 1): an event is "QCD-like" when every one of its
-  jets has g_QCD (the summed probability of the 27 QCD classes) of at least ``thin_qcd``; such
-  events are kept with probability ``thin_keep`` and their weight divided by it, all other
-  events are kept as they are. Every weighted spectrum stays unbiased, and the sample can start
+- optionally *thinned* events (``thin_keep`` < 1): events none of whose jets is protected are
+  kept with probability ``thin_keep`` and their weight divided by it; events with a protected
+  jet are kept as they are. A jet is protected by either rule given: ``thin_qcd``, it has g_QCD
+  (the summed probability of the 27 QCD classes) below that value; ``protect_efficiency``, it
+  passes, for any of :data:`PROTECTING_DISCRIMINANTS`, the cut that keeps that fraction of all
+  the weight (so every jet that those discriminants select at that efficiency or tighter is
+  kept with its own weight; the generic "any resonance" one, (1 - g_QCD), bounds every
+  discriminant with the QCD denominator since D <= 1 - g_QCD). Every weighted spectrum stays unbiased, and the sample can start
   from several times more QCD events in the same bytes: the jets that tight cuts select (for
   any discriminant with the QCD classes in the denominator, D <= 1 - g_QCD) are all kept, with
   their small weights, so that an efficiency of 1e-4 holds many jets rather than a few heavy
@@ -38,13 +42,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sophon.discriminant import PRESETS, Discriminant, Term
 from sophon.features import REQUIRED_COLUMNS
 from sophon.labels import mask as class_mask
 from sophon.model import file_digest, head_probabilities, load_checkpoint
+from sophon.spectrum import thresholds_for_efficiencies
 from sophon.store import (SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetError, DatasetMetadata, JetDataset,
                           dataset_files, write_table_atomic)
 
-__all__ = ["PackReport", "round_mantissa", "subset_lists", "thin_events", "package_dataset",
+__all__ = ["PackReport", "round_mantissa", "subset_lists", "thin_events",
+           "PROTECTING_DISCRIMINANTS", "protected_by_discriminants", "package_dataset",
            "register_cli"]
 
 CONSTITUENT_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c.startswith("part_"))
@@ -110,18 +117,43 @@ def thin_events(event_ids: np.ndarray, kept_as_is: np.ndarray, keep_probability:
     return keep_event[event], factor[event]
 
 
+#: The discriminants whose tight cuts thinning must not touch: the paper's presets and "any
+#: resonance against QCD" (g_resonant / (g_resonant + g_QCD) = 1 - g_QCD).
+PROTECTING_DISCRIMINANTS: tuple[Discriminant, ...] = (
+    *(PRESETS[name] for name in ("X->bb vs QCD", "A1: X->cs", "A2: X->bb", "A3: X->b q q")),
+    Discriminant("any resonance vs QCD", (Term("resonant", 1.0, "resonant"),)),
+)
+
+
+def protected_by_discriminants(scores: np.ndarray, weights: np.ndarray, efficiency: float,
+                               discriminants: tuple[Discriminant, ...] = PROTECTING_DISCRIMINANTS
+                               ) -> np.ndarray:
+    """(N,) bool: the jets that pass, for at least one of ``discriminants``, the cut keeping the
+    fraction ``efficiency`` of the total weight (``scores`` (N, 188), ``weights`` (N,))."""
+    if not 0 < efficiency <= 1:
+        raise ValueError(f"protection efficiency must be in (0, 1], not {efficiency}")
+    protected = np.zeros(len(weights), dtype=bool)
+    for discriminant in discriminants:
+        values = discriminant.log_odds(scores)
+        cut = thresholds_for_efficiencies(values, weights, [efficiency])[0]
+        protected |= values >= cut
+    return protected
+
+
 def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
                     checkpoint: str | os.PathLike, constituents: str | os.PathLike | None = None,
                     constituent_jets: int = 2000, latent_bits: int = 7, seed: int = 0,
                     sdmass_range: tuple[float, float] | None = (20.0, 500.0),
-                    thin_keep: float = 1.0, thin_qcd: float = 0.9,
+                    thin_keep: float = 1.0, thin_qcd: float | None = 0.9,
+                    protect_efficiency: float | None = None,
                     max_score_difference: float = 0.02, log=print) -> PackReport:
     """Write the packed file ``output`` from the scored dataset ``scored`` (see module docstring).
 
     ``constituents``: the JetClass-II-schema file(s) the dataset was scored from, row for row
     (checked on ``jet_pt``). ``checkpoint``: the model that scored it. ``sdmass_range``: keep
-    jets with low < jet_sdmass < high (GeV); None keeps all. ``thin_keep``, ``thin_qcd``: see the
-    module docstring (1.0: no thinning).
+    jets with low < jet_sdmass < high (GeV); None keeps all. ``thin_keep``, ``thin_qcd``,
+    ``protect_efficiency``: see the module docstring (``thin_keep`` 1.0: no thinning; a rule set
+    to None is not used).
     """
     output, checkpoint = Path(output), Path(checkpoint)
     dataset = JetDataset(scored)
@@ -146,16 +178,26 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     rng = np.random.default_rng(seed)
     weight_factor = np.ones(len(dataset))
     if thin_keep < 1:
-        qcd_probability = recomputed[:, class_mask("QCD")].sum(axis=1)
+        inside = np.flatnonzero(selected)
+        protected = np.zeros(len(inside), dtype=bool)
+        rules = []
+        if thin_qcd is not None:
+            protected |= recomputed[inside][:, class_mask("QCD")].sum(axis=1) < thin_qcd
+            rules.append(f"g_QCD < {thin_qcd:g}")
+        if protect_efficiency is not None:
+            protected |= protected_by_discriminants(recomputed[inside], dataset.weights[inside],
+                                                    protect_efficiency)
+            rules.append(f"passing eps = {protect_efficiency:g} of a protecting discriminant")
+        if not rules:
+            raise ValueError("thinning needs a protection rule (thin_qcd or protect_efficiency)")
         event_ids = (dataset.column("event_id") if dataset.has("event_id")
                      else np.arange(len(dataset)))
-        inside = np.flatnonzero(selected)
-        keep, factor = thin_events(event_ids[inside], qcd_probability[inside] < thin_qcd,
-                                   thin_keep, rng)
+        keep, factor = thin_events(event_ids[inside], protected, thin_keep, rng)
         selected[inside[~keep]] = False
         weight_factor[inside] = factor
-        log(f"thinning: events whose jets all have g_QCD >= {thin_qcd:g} kept with probability "
-            f"{thin_keep:g}: {int(selected.sum())} jets left")
+        log(f"thinning: events without a protected jet ({' or '.join(rules)}; "
+            f"{int(protected.sum())} jets) kept with probability {thin_keep:g}: "
+            f"{int(selected.sum())} jets left")
     kept = [c for c in dataset.columns if c not in set(SCORE_COLUMNS) and c != "latent"]
     table = pa.concat_tables([pq.read_table(f, columns=kept) for f in dataset_files(scored)])
     if thin_keep < 1:
@@ -189,8 +231,10 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
         "latent_mantissa_bits": latent_bits, "constituent_jets": chosen,
         "selection": (f"{sdmass_range[0]:g} < jet_sdmass < {sdmass_range[1]:g} GeV"
                       if sdmass_range is not None else "none"),
-        "thinning": ({"qcd_probability_at_least": thin_qcd, "keep_probability": thin_keep,
-                      "seed": seed} if thin_keep < 1 else None)}
+        "thinning": ({"protected_below_qcd_probability": thin_qcd,
+                      "protected_at_efficiency": protect_efficiency,
+                      "protecting_discriminants": [d.name for d in PROTECTING_DISCRIMINANTS],
+                      "keep_probability": thin_keep, "seed": seed} if thin_keep < 1 else None)}
     extra.pop("source_file", None)
     metadata = DatasetMetadata(luminosity_fb=dataset.metadata.luminosity_fb,
                                model_id=dataset.metadata.model_id, extra=extra)
@@ -208,7 +252,8 @@ def _main(args: argparse.Namespace) -> int:
                     constituents=args.constituents, constituent_jets=args.constituent_jets,
                     latent_bits=args.latent_bits, seed=args.seed,
                     sdmass_range=None if args.all_masses else (args.min_sdmass, args.max_sdmass),
-                    thin_keep=args.thin_keep, thin_qcd=args.thin_qcd)
+                    thin_keep=args.thin_keep, thin_qcd=args.thin_qcd,
+                    protect_efficiency=args.protect_efficiency)
     return 0
 
 
@@ -229,7 +274,10 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--all-masses", action="store_true", help="keep every jet")
     parser.add_argument("--thin-keep", type=float, default=1.0,
                         help="keep QCD-like events with this probability, weight x 1/p")
-    parser.add_argument("--thin-qcd", type=float, default=0.9,
-                        help="an event is QCD-like when all its jets have g_QCD >= this")
+    parser.add_argument("--thin-qcd", type=float, default=None,
+                        help="protect jets with g_QCD below this from thinning")
+    parser.add_argument("--protect-efficiency", type=float, default=None,
+                        help="protect jets passing this efficiency of any protecting "
+                             "discriminant (the presets and 'any resonance vs QCD')")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_main)
