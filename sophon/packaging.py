@@ -10,6 +10,8 @@ notebooks need and drops what can be recomputed:
 - jet kinematics, ``event_id``/``jet_rank``, ``process``, ``weight``, ``umap_x``/``umap_y``;
 - ``latent`` with its float32 mantissa rounded to ``latent_bits`` bits (7 bits: bfloat16
   precision, a relative error below 0.4 %) so that zstd compresses it; the column stays float32;
+  or, with ``latent_codes``, as per-dimension 8-bit codes (:func:`sophon.store.encode_latents`,
+  1 byte a dimension before compression);
 - no score columns: the scores are the model head's softmax of the latent, recomputed at load
   time from the checkpoint named in the metadata (:mod:`sophon.store`, "scores from latents");
 - the constituents (``part_*`` list columns, from the generated source file) of a random subset
@@ -47,8 +49,9 @@ from sophon.features import REQUIRED_COLUMNS
 from sophon.labels import mask as class_mask
 from sophon.model import file_digest, head_probabilities, load_checkpoint
 from sophon.spectrum import thresholds_for_efficiencies
-from sophon.store import (SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetError, DatasetMetadata, JetDataset,
-                          dataset_files, write_table_atomic)
+from sophon.store import (LATENT_CODES_KEY, SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetError,
+                          DatasetMetadata, JetDataset, dataset_files, decode_latents,
+                          encode_latents, write_table_atomic)
 
 __all__ = ["PackReport", "round_mantissa", "subset_lists", "thin_events",
            "PROTECTING_DISCRIMINANTS", "protected_by_discriminants", "package_dataset",
@@ -142,7 +145,8 @@ def protected_by_discriminants(scores: np.ndarray, weights: np.ndarray, efficien
 
 def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
                     checkpoint: str | os.PathLike, constituents: str | os.PathLike | None = None,
-                    constituent_jets: int = 2000, latent_bits: int = 7, seed: int = 0,
+                    constituent_jets: int = 2000, latent_bits: int = 7,
+                    latent_codes: bool = False, seed: int = 0,
                     sdmass_range: tuple[float, float] | None = (20.0, 500.0),
                     thin_keep: float = 1.0, thin_qcd: float | None = 0.9,
                     protect_efficiency: float | None = None,
@@ -160,10 +164,17 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     if not dataset.has("latent"):
         raise DatasetError(f"{scored}: no 'latent' column to pack")
     model = load_checkpoint(checkpoint)
-    latents = round_mantissa(dataset.latents, latent_bits)
+    codes = quantisation = None
+    if latent_codes:
+        codes, quantisation = encode_latents(dataset.latents)
+        latents = decode_latents(codes, quantisation)
+        encoding = "8-bit per-dimension codes of the latents"
+    else:
+        latents = round_mantissa(dataset.latents, latent_bits)
+        encoding = f"{latent_bits}-bit latents"
     recomputed = head_probabilities(model, latents)
     difference = float(np.abs(recomputed - dataset.scores).max())
-    log(f"scores from the {latent_bits}-bit latents through {checkpoint.name}'s head differ from "
+    log(f"scores from the {encoding} through {checkpoint.name}'s head differ from "
         f"the stored ones by at most {difference:.2e}")
     if difference > max_score_difference:
         raise DatasetError(f"{scored}: scores recomputed from the latents differ by {difference:.3g}"
@@ -206,8 +217,9 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
             raise DatasetError(f"{scored}: thinning needs a 'weight' column")
         table = table.set_column(position, "weight",
                                  pa.array(table["weight"].to_numpy() * weight_factor))
+    stored = latents if codes is None else codes
     table = table.append_column("latent", pa.FixedSizeListArray.from_arrays(
-        pa.array(latents.reshape(-1)), latents.shape[1]))
+        pa.array(stored.reshape(-1)), stored.shape[1]))
 
     chosen = 0
     if constituents is not None and constituent_jets > 0:
@@ -228,13 +240,17 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
 
     extra = {**dataset.metadata.extra, SCORE_HEAD_KEY: os.path.relpath(
         checkpoint.resolve(), output.resolve().parent), "score_head_sha256": file_digest(checkpoint, 64),
-        "latent_mantissa_bits": latent_bits, "constituent_jets": chosen,
+        "constituent_jets": chosen,
         "selection": (f"{sdmass_range[0]:g} < jet_sdmass < {sdmass_range[1]:g} GeV"
                       if sdmass_range is not None else "none"),
         "thinning": ({"protected_below_qcd_probability": thin_qcd,
                       "protected_at_efficiency": protect_efficiency,
                       "protecting_discriminants": [d.name for d in PROTECTING_DISCRIMINANTS],
                       "keep_probability": thin_keep, "seed": seed} if thin_keep < 1 else None)}
+    if quantisation is None:
+        extra["latent_mantissa_bits"] = latent_bits
+    else:
+        extra[LATENT_CODES_KEY] = quantisation
     extra.pop("source_file", None)
     metadata = DatasetMetadata(luminosity_fb=dataset.metadata.luminosity_fb,
                                model_id=dataset.metadata.model_id, extra=extra)
@@ -250,7 +266,7 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
 def _main(args: argparse.Namespace) -> int:
     package_dataset(args.scored, args.output, checkpoint=args.model,
                     constituents=args.constituents, constituent_jets=args.constituent_jets,
-                    latent_bits=args.latent_bits, seed=args.seed,
+                    latent_bits=args.latent_bits, latent_codes=args.latent_codes, seed=args.seed,
                     sdmass_range=None if args.all_masses else (args.min_sdmass, args.max_sdmass),
                     thin_keep=args.thin_keep, thin_qcd=args.thin_qcd,
                     protect_efficiency=args.protect_efficiency)
@@ -269,6 +285,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--constituent-jets", type=int, default=2000,
                         help="how many random jets keep their constituents")
     parser.add_argument("--latent-bits", type=int, default=7, help="latent mantissa bits kept")
+    parser.add_argument("--latent-codes", action="store_true",
+                        help="store the latents as per-dimension 8-bit codes instead")
     parser.add_argument("--min-sdmass", type=float, default=20.0, help="GeV (training selection)")
     parser.add_argument("--max-sdmass", type=float, default=500.0, help="GeV (training selection)")
     parser.add_argument("--all-masses", action="store_true", help="keep every jet")

@@ -28,6 +28,11 @@ followed by a softmax), so a compact dataset may store only ``latent`` and name 
 its metadata (``extra["score_head"]``: a path relative to the file's folder, which must stay inside
 the folder that holds the dataset, e.g. ``../models/model.pt``). The scores are then computed
 once, when first asked for, and cached. A file that has score columns uses them.
+
+*Latent codes.* A compact file may store ``latent`` as fixed_size_list<uint8>[128], codes of a
+per-dimension linear quantisation named in its metadata (``extra["latent_codes"]``: ``offset``
+and ``step``, 128 floats each): latent = offset + step x code, decoded when read
+(:func:`encode_latents` makes them). Every file of a dataset then carries the same quantisation.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ __all__ = [
     "SCORE_COLUMNS",
     "JET_COLUMNS",
     "LATENT_DIM",
+    "LATENT_CODES_KEY",
+    "encode_latents",
+    "decode_latents",
     "DatasetError",
     "DatasetMetadata",
     "JetDataset",
@@ -71,6 +79,7 @@ JET_COLUMNS: tuple[str, ...] = (
 )
 METADATA_KEY = b"sophon"
 SCORE_HEAD_KEY = "score_head"  # DatasetMetadata.extra: checkpoint whose head gives the scores
+LATENT_CODES_KEY = "latent_codes"  # DatasetMetadata.extra: offset and step of uint8 latent codes
 # float32 probabilities summed over 188 classes: rounding alone stays well below this.
 PROBABILITY_SUM_TOLERANCE = 2e-3
 
@@ -146,6 +155,43 @@ def write_dataset(path: str | os.PathLike, jets: Mapping[str, np.ndarray], *,
         columns["latent"] = _fixed_size_list(latents)
     table = pa.table(columns).replace_schema_metadata({METADATA_KEY: metadata.to_json()})
     return write_table_atomic(table, path)
+
+
+def encode_latents(latents: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """Per-dimension 8-bit codes of ``latents`` (N, 128): (codes uint8 (N, 128), the metadata
+    entry ``{"offset": [...], "step": [...]}``). Each dimension's range [min, max] is cut into
+    255 equal steps, so the error is at most half a step."""
+    latents = np.asarray(latents, dtype=np.float32)
+    low, high = latents.min(axis=0), latents.max(axis=0)
+    step = np.where(high > low, (high - low) / 255.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint((latents - low) / step), 0, 255).astype(np.uint8)
+    return codes, {"offset": low.astype(float).tolist(), "step": step.astype(float).tolist()}
+
+
+def decode_latents(codes: np.ndarray, quantisation: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """(N, 128) float32 latents from uint8 ``codes`` and the metadata entry of
+    :func:`encode_latents`."""
+    offset = np.asarray(quantisation["offset"], dtype=np.float32)
+    step = np.asarray(quantisation["step"], dtype=np.float32)
+    return offset + step * np.asarray(codes, dtype=np.float32)
+
+
+def _latent_codes(file: Path, metadata: DatasetMetadata) -> dict | None:
+    """The file's latent quantisation, checked: 128 finite offsets and positive steps."""
+    entry = metadata.extra.get(LATENT_CODES_KEY)
+    if entry is None:
+        return None
+    try:
+        offset = np.asarray(entry["offset"], dtype=np.float64)
+        step = np.asarray(entry["step"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{file}: metadata '{LATENT_CODES_KEY}' must hold 'offset' and 'step' "
+                           f"lists of {LATENT_DIM} numbers") from None
+    if (offset.shape != (LATENT_DIM,) or step.shape != (LATENT_DIM,)
+            or not np.isfinite(offset).all() or not (np.isfinite(step) & (step > 0)).all()):
+        raise DatasetError(f"{file}: metadata '{LATENT_CODES_KEY}' must hold {LATENT_DIM} finite "
+                           "offsets and positive steps")
+    return {"offset": offset.tolist(), "step": step.tolist()}
 
 
 def dataset_files(path: str | os.PathLike) -> list[Path]:
@@ -247,6 +293,9 @@ class JetDataset:
                 raise DatasetError(f"{file}: scores come from {head}, not {self.score_head} as in "
                                    f"{self.files[0].name}")
             self.score_head = head
+            if _latent_codes(file, metadata) != _latent_codes(self.files[0], self.metadata):
+                raise DatasetError(f"{file}: latent codes differ from those of "
+                                   f"{self.files[0].name}")
             if metadata.luminosity_fb != self.metadata.luminosity_fb:
                 raise DatasetError(f"{file}: luminosity {metadata.luminosity_fb} fb^-1 differs "
                                    f"from {self.metadata.luminosity_fb} in {self.files[0].name}")
@@ -347,8 +396,14 @@ class JetDataset:
         """(N, 128) float32 latent features."""
         if "latent" not in self.columns:
             raise DatasetError(f"{self.path}: dataset has no 'latent' column")
-        matrix = np.ascontiguousarray(self._collect(["latent"]).to_series().to_numpy(),
-                                      dtype=np.float32)
+        stored = self._collect(["latent"]).to_series().to_numpy()
+        codes = _latent_codes(self.files[0], self.metadata)
+        if codes is not None:
+            if stored.dtype != np.uint8:
+                raise DatasetError(f"{self.path}: metadata names latent codes, but column "
+                                   f"'latent' holds {stored.dtype}, not uint8")
+            stored = decode_latents(stored, codes)
+        matrix = np.ascontiguousarray(stored, dtype=np.float32)
         matrix.flags.writeable = False
         return matrix
 

@@ -89,6 +89,31 @@ def test_scores_are_recomputed_from_the_latents(tmp_path, model_file):
                                   JetDataset(tmp_path / "scored.parquet").column("jet_pt"))
 
 
+def test_latent_codes_round_trip_within_half_a_step(tmp_path, model_file):
+    from sophon.store import decode_latents, encode_latents
+
+    rng = np.random.default_rng(2)
+    latents = (rng.normal(size=(500, 128)) * rng.uniform(0.1, 5, 128)).astype(np.float32)
+    codes, quantisation = encode_latents(latents)
+    assert codes.dtype == np.uint8 and codes.min() == 0 and codes.max() == 255
+    step = np.asarray(quantisation["step"], dtype=np.float32)
+    error = np.abs(decode_latents(codes, quantisation) - latents)
+    assert np.all(error <= 0.5 * step * (1 + 1e-4) + 1e-6)
+    # packed with codes: the store decodes them, and the scores are the head's of the decoded
+    checkpoint, model = model_file
+    checkpoint = _beside(tmp_path, checkpoint)
+    stored = _scored(tmp_path / "scored.parquet", model)
+    packed = tmp_path / "default" / "codes.parquet"
+    package_dataset(tmp_path / "scored.parquet", packed, checkpoint=checkpoint, latent_codes=True,
+                    log=lambda *a: None)
+    assert pq.read_schema(packed).field("latent").type.value_type == pa.uint8()
+    dataset = JetDataset(packed)
+    codes, quantisation = encode_latents(stored)
+    np.testing.assert_allclose(dataset.latents, decode_latents(codes, quantisation), atol=1e-6)
+    np.testing.assert_allclose(dataset.scores, head_probabilities(model, dataset.latents),
+                               atol=1e-6)
+
+
 def test_score_head_problems_are_named(tmp_path, model_file):
     checkpoint, model = model_file
     _scored(tmp_path / "scored.parquet", model)
