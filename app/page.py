@@ -11,7 +11,7 @@ import param
 from app.explorer import Explorer
 from app.state import data_path
 from app.urlstate import UrlState
-from app.views.base import problem_message
+from app.views.base import message_html, problem_message, text_message
 from app.views.composer import ComposerView
 from app.views.events import EventView
 from app.views.rescoring import RescoringView
@@ -54,6 +54,9 @@ class SophonApp(pn.viewable.Viewer):
             self.tabs = pn.Tabs(("Dataset", problem_message(explorer)),
                                 sizing_mode="stretch_width", css_classes=["views"])
         self.url = UrlState(explorer, self.tabs if explorer.ready else None)
+        # what of the opened link was not applied, and why (quoted text: shown as text)
+        self.link_notice = text_message("", "warning", visible=False, css_classes=["link-notice"])
+        self.url.param.watch(self._show_link_notice, "notice")
 
     # --- the views, built on first use ------------------------------------------------------
     def _view(self, name: str, factory) -> pn.viewable.Viewer:
@@ -107,6 +110,10 @@ class SophonApp(pn.viewable.Viewer):
             view = self.rescoring
         self.tabs[index] = (name, view)
 
+    def _show_link_notice(self, event) -> None:
+        self.link_notice.object = message_html(event.new, "link-notice-text")
+        self.link_notice.visible = bool(event.new)
+
     def _header(self) -> str:
         explorer = self.explorer
         if not explorer.ready:
@@ -128,7 +135,7 @@ class SophonApp(pn.viewable.Viewer):
                          sizing_mode="stretch_width")
 
     def main(self) -> pn.viewable.Viewable:
-        return pn.Column(self.header, self.tabs, sizing_mode="stretch_width")
+        return pn.Column(self.link_notice, self.header, self.tabs, sizing_mode="stretch_width")
 
     def __panel__(self):
         return pn.Row(pn.Column(self.sidebar(), width=420), self.main(),
@@ -137,6 +144,9 @@ class SophonApp(pn.viewable.Viewer):
     def page(self) -> pn.viewable.Viewable:
         """The served page (a plain layout: quicker to build than a template, and it loads no
         web fonts); syncs the URL with the session."""
+        document = pn.state.curdoc
+        if document is not None and document.session_context is not None:
+            self.url.check_request(document.session_context.request)
         if pn.state.location is not None:
             self.url.sync(pn.state.location)
         header = pn.pane.HTML(

@@ -10,11 +10,19 @@ event level (eq. 7) the discriminant is the sum of the jet-level D over the two 
 
 Because D only depends on sums of probabilities over class sets, merging classes by summing their
 scores leaves D unchanged (the paper's class-division property).
+
+Definitions come from people (YAML files, links), so reading one is bounded: YAML is read with a
+safe loader that refuses aliases (no "billion laughs") and nesting deeper than
+:data:`MAX_YAML_DEPTH`, from at most :data:`MAX_DEFINITION_CHARACTERS` characters; a definition
+holds only the keys and types a discriminant has (text of bounded length, weights that are numbers
+from 0 to :data:`MAX_WEIGHT`, at most :data:`MAX_TERMS` terms). Every failure is a
+:class:`DiscriminantError` that names the field and the (shortened) value.
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,13 +30,83 @@ from typing import Literal
 import numpy as np
 import yaml
 
-from sophon.labels import LABELS, N_CLASSES, QueryError, mask, select
+from sophon.labels import LABELS, MAX_QUERY_LENGTH, N_CLASSES, QueryError, mask, select
 
-__all__ = ["Term", "Discriminant", "PRESETS", "DiscriminantError", "event_sum"]
+__all__ = ["Term", "Discriminant", "PRESETS", "DiscriminantError", "event_sum",
+           "MAX_WEIGHT", "MAX_TERMS", "MAX_TEXT_LENGTH", "MAX_DEFINITION_CHARACTERS",
+           "MAX_YAML_DEPTH"]
+
+#: Largest weight of a numerator term (weights are relative: D only depends on their ratios).
+MAX_WEIGHT = 1e6
+#: Most numerator terms in one discriminant.
+MAX_TERMS = 64
+#: Longest text per field, in characters (class queries: :data:`sophon.labels.MAX_QUERY_LENGTH`).
+MAX_TEXT_LENGTH = {"name": 200, "description": 2000, "label": 100}
+#: Longest YAML or JSON definition read, in characters.
+MAX_DEFINITION_CHARACTERS = 32_000
+#: Deepest nesting of YAML collections read (a discriminant needs 3).
+MAX_YAML_DEPTH = 10
+_KEYS = ("name", "level", "description", "numerator", "denominator")
+_TERM_KEYS = ("classes", "weight", "label")
 
 
 class DiscriminantError(ValueError):
     """A discriminant definition is invalid (bad weight, empty class set, malformed file)."""
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _show(value, limit: int = 60) -> str:
+    """``value`` for a message: its repr, shortened; never fails (huge integers, deep lists)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        try:
+            return f"an integer of {len(str(abs(value))):,} digits"
+        except ValueError:  # more digits than Python converts
+            return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError, MemoryError):
+        text = f"a {type(value).__name__}"
+    return _shorten(text, limit)
+
+
+def _kind(value) -> str:
+    names = {type(None): "nothing", bool: "true/false", int: "a number", float: "a number",
+             str: "text", list: "a list", dict: "a mapping"}
+    return f"{names.get(type(value), type(value).__name__)} ({_show(value)})"
+
+
+def _check_text(value, field_name: str, where: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise DiscriminantError(f"{where}: {field_name!r} must be text, got {_kind(value)}")
+    if len(value) > limit:
+        raise DiscriminantError(f"{where}: {field_name!r} is {len(value):,} characters long; at "
+                                f"most {limit:,} ({_show(value)})")
+    return value
+
+
+def _check_weight(value, where: str) -> float:
+    """A term weight: a number (or numeric text, as YAML reads ``1e-3``) from 0 to MAX_WEIGHT."""
+    number = None
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        number = float(value) if abs(value) <= MAX_WEIGHT else math.inf
+    elif isinstance(value, float):
+        number = value
+    elif isinstance(value, str) and len(value) <= 40:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is None:
+        raise DiscriminantError(f"{where}: 'weight' must be a number, got {_kind(value)}")
+    if not (math.isfinite(number) and 0 <= number <= MAX_WEIGHT):
+        raise DiscriminantError(f"{where}: 'weight' must be a finite number from 0 to "
+                                f"{MAX_WEIGHT:g}, got {_show(value)}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -40,12 +118,17 @@ class Term:
     label: str = ""
 
     def __post_init__(self):
-        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) \
-                or self.weight < 0:
-            raise DiscriminantError(f"term {self.display!r}: weight must be a finite number >= 0, "
-                                    f"got {self.weight!r}")
+        # the class query's type and length are checked by select(), with its QueryError
+        _check_text(self.label, "label", f"term {_show(self.classes)}", MAX_TEXT_LENGTH["label"])
+        where = f"term {_show(self.display)}"
+        weight = self.weight
+        number = not isinstance(weight, bool) and isinstance(weight, (int, float))
+        if not (number and (abs(weight) <= MAX_WEIGHT if isinstance(weight, int)
+                            else math.isfinite(weight)) and 0 <= weight <= MAX_WEIGHT):
+            raise DiscriminantError(f"{where}: weight must be a finite number from 0 to "
+                                    f"{MAX_WEIGHT:g}, got {_show(self.weight)}")
         if not select(self.classes):
-            raise DiscriminantError(f"term {self.display!r}: class set {self.classes!r} is empty")
+            raise DiscriminantError(f"{where}: class set {_show(self.classes)} is empty")
 
     @property
     def display(self) -> str:
@@ -65,11 +148,19 @@ class Discriminant:
     _denominator_mask: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        _check_text(self.name, "name", "the discriminant", MAX_TEXT_LENGTH["name"])
+        where = f"discriminant {_show(self.name)}"
+        _check_text(self.description, "description", where, MAX_TEXT_LENGTH["description"])
         if not self.numerator:
-            raise DiscriminantError(f"discriminant {self.name!r} has no numerator term")
-        if self.level not in ("jet", "event"):
-            raise DiscriminantError(f"discriminant {self.name!r}: level must be 'jet' or 'event', "
-                                    f"got {self.level!r}")
+            raise DiscriminantError(f"{where} has no numerator term")
+        if len(self.numerator) > MAX_TERMS:
+            raise DiscriminantError(f"{where} has {len(self.numerator):,} numerator terms; at "
+                                    f"most {MAX_TERMS}")
+        if not all(isinstance(term, Term) for term in self.numerator):
+            raise DiscriminantError(f"{where}: the numerator must be Term objects")
+        if not isinstance(self.level, str) or self.level not in ("jet", "event"):
+            raise DiscriminantError(f"{where}: level must be 'jet' or 'event', "
+                                    f"got {_show(self.level)}")
         object.__setattr__(self, "numerator", tuple(self.numerator))
         weights = np.zeros(N_CLASSES, dtype=np.float64)
         for term in self.numerator:
@@ -157,41 +248,126 @@ class Discriminant:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Discriminant:
+        """A discriminant from its :meth:`to_dict` form (from YAML or a link): only the keys and
+        types a discriminant has; DiscriminantError naming the field and value otherwise."""
         if not isinstance(data, Mapping):
-            raise DiscriminantError(f"a discriminant must be a mapping, got {type(data).__name__}")
+            raise DiscriminantError(f"a discriminant must be a mapping with the keys "
+                                    f"{', '.join(_KEYS)}; got {_kind(data)}")
+        _check_keys(data, _KEYS, "the discriminant")
+        if "numerator" not in data:
+            raise DiscriminantError("the discriminant definition lacks the key 'numerator' "
+                                    "(a list of terms with 'classes' and 'weight')")
+        terms = data["numerator"]
+        if not isinstance(terms, list):
+            raise DiscriminantError(f"'numerator' must be a list of terms, got {_kind(terms)}")
+        if len(terms) > MAX_TERMS:
+            raise DiscriminantError(f"'numerator' has {len(terms):,} terms; at most {MAX_TERMS}")
+        numerator = tuple(_term_from_dict(term, number)
+                          for number, term in enumerate(terms, start=1))
+        name = _optional_text(data, "name", "custom", "the discriminant")
+        level = data.get("level", "jet")
+        if not isinstance(level, str) or level not in ("jet", "event"):
+            raise DiscriminantError(f"discriminant {_show(name)}: level must be 'jet' or 'event', "
+                                    f"got {_show(level)}")
         try:
-            terms = data["numerator"]
-            if not isinstance(terms, list):
-                raise DiscriminantError("'numerator' must be a list of terms")
-            numerator = tuple(
-                Term(classes=str(t["classes"]), weight=float(t.get("weight", 1.0)),
-                     label=str(t.get("label", "") or ""))
-                for t in terms)
-            return cls(name=str(data.get("name", "custom")), numerator=numerator,
-                       denominator=str(data.get("denominator", "QCD")),
-                       level=data.get("level", "jet"),
-                       description=str(data.get("description", "") or ""))
-        except KeyError as error:
-            raise DiscriminantError(f"discriminant definition lacks the key {error}") from None
-        except (TypeError, AttributeError) as error:
-            raise DiscriminantError(f"malformed discriminant definition: {error}") from None
+            return cls(name=name, numerator=numerator,
+                       denominator=_optional_text(data, "denominator", "QCD", "the discriminant",
+                                                  MAX_QUERY_LENGTH),
+                       level=level,
+                       description=_optional_text(data, "description", "", "the discriminant"))
         except QueryError as error:
-            raise DiscriminantError(str(error)) from None
+            raise DiscriminantError(f"denominator: {error}") from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> Discriminant:
+        """Read a definition from YAML text (at most MAX_DEFINITION_CHARACTERS, no aliases)."""
+        if not isinstance(text, str):
+            raise DiscriminantError(f"YAML must be text, got {type(text).__name__}")
+        if len(text) > MAX_DEFINITION_CHARACTERS:
+            raise DiscriminantError(f"the YAML is {len(text):,} characters long; a discriminant "
+                                    f"definition has at most {MAX_DEFINITION_CHARACTERS:,}")
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+        except DiscriminantError:
+            raise
         except yaml.YAMLError as error:
-            raise DiscriminantError(f"not valid YAML: {error}") from None
+            raise DiscriminantError(f"not valid YAML: {_shorten(str(error), 400)}") from None
+        except (ValueError, OverflowError, RecursionError, MemoryError) as error:
+            reason = ("a number has more digits than Python reads (4300)"
+                      if "integer string conversion" in str(error) else _shorten(str(error), 200))
+            raise DiscriminantError(f"not valid YAML: {reason}") from None
         return cls.from_dict(data)
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (pure Python) that refuses aliases (``*name``, including
+    ``<<: *name`` merges) and collections nested deeper than MAX_YAML_DEPTH, before anything is
+    expanded or built."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise DiscriminantError(f"not accepted: the YAML alias *{_shorten(event.anchor, 30)} "
+                                    f"(line {event.start_mark.line + 1}); write each value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise DiscriminantError(f"the YAML nests deeper than {MAX_YAML_DEPTH} levels "
+                                        f"(line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_keys(data: Mapping, keys: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in keys:
+            raise DiscriminantError(f"{where}: unknown key {_show(key, 40)}; the keys are "
+                                    f"{', '.join(keys)}")
+
+
+def _optional_text(data: Mapping, key: str, default: str, where: str,
+                   limit: int | None = None) -> str:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    return _check_text(value, key, where, limit if limit is not None else MAX_TEXT_LENGTH[key])
+
+
+def _term_from_dict(data, number: int) -> Term:
+    where = f"term {number}"
+    if not isinstance(data, Mapping):
+        raise DiscriminantError(f"{where} must be a mapping with the keys {', '.join(_TERM_KEYS)}"
+                                f"; got {_kind(data)}")
+    _check_keys(data, _TERM_KEYS, where)
+    if "classes" not in data:
+        raise DiscriminantError(f"{where} lacks the key 'classes' (a class query, e.g. X_bb)")
+    classes = _check_text(data["classes"], "classes", where, MAX_QUERY_LENGTH)
+    weight = _check_weight(data.get("weight", 1.0), where)
+    label = _optional_text(data, "label", "", where)
+    try:
+        return Term(classes=classes, weight=weight, label=label)
+    except QueryError as error:
+        raise DiscriminantError(f"{where}: {error}") from None
+
+
+# LaTeX (math mode, inside \mathrm, as KaTeX and MathJax read it) for each special character.
+_LATEX_ESCAPES = {"\\": "\\backslash{}", "{": "\\{", "}": "\\}", "$": "\\$", "_": "\\_",
+                  "#": "\\#", "%": "\\%", "&": "\\&", "^": "\\hat{}", "~": "\\sim{}",
+                  " ": "\\ "}
+
+
 def _latex_text(text: str) -> str:
-    return text.replace("\\", "").replace("_", "\\_").replace("{", "").replace("}", "")
+    """``text`` as literal characters in LaTeX math mode: every special character escaped, so that
+    a label can neither end the formula (``$``) nor run a command (``\\``)."""
+    return "".join(_LATEX_ESCAPES.get(char, char) if unicodedata.category(char)[0] != "C"
+                   else "\\ " for char in text)
 
 
 def _check_scores(scores: np.ndarray) -> np.ndarray:

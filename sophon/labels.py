@@ -15,12 +15,19 @@ Query language (parsed by a recursive-descent parser, never evaluated as Python)
   ``OP`` one of ``== != < <= > >=`` (fields in :data:`FIELDS`);
 - operators, loosest first: union ``|`` / ``or`` / ``,``, difference ``-``; intersection
   ``&`` / ``and``; complement ``not`` / ``~``; parentheses group.
+
+Globs use ``*`` (any run), ``?`` (one character) and ``[...]`` / ``[!...]`` (one of / none of
+the characters), matched by a small automaton of this module (never ``fnmatch``): the cost of a
+query is bounded by its length. Limits, each refused with a :class:`QueryError` that names it: a
+query of at most :data:`MAX_QUERY_LENGTH` characters (all 188 names joined by `` | `` take
+2,317), words of at most :data:`MAX_WORD_LENGTH`, at most :data:`MAX_PATTERNS` distinct globs,
+numbers of at most :data:`MAX_NUMBER_DIGITS` digits. Every failure of the parser is a
+:class:`QueryError`.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +43,10 @@ __all__ = [
     "GROUPS",
     "REWEIGHT_GROUPS",
     "QueryError",
+    "MAX_QUERY_LENGTH",
+    "MAX_WORD_LENGTH",
+    "MAX_PATTERNS",
+    "MAX_NUMBER_DIGITS",
     "select",
     "mask",
     "index_of",
@@ -197,6 +208,31 @@ _GROUP_ALIASES = {"qcd": "QCD", "2prong": "two_prong", "multi_prong": "three_fou
                   "34prong": "three_four_prong"}
 
 
+#: Longest query accepted, in characters (every class name joined by " | " takes 2,317).
+MAX_QUERY_LENGTH = 4000
+#: Longest word (class name, group, field or glob) accepted; class names have at most 15.
+MAX_WORD_LENGTH = 64
+#: Most distinct globs (words with ``*``, ``?`` or ``[``) in one query.
+MAX_PATTERNS = 32
+#: Most digits of a number in a comparison (content counts are at most 4).
+MAX_NUMBER_DIGITS = 6
+_SHOWN = 60  # characters of a long query or word quoted in a message
+
+
+def _shorten(text: str, limit: int = _SHOWN) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, for messages."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _excerpt(query: str, position: int) -> str:
+    """The part of ``query`` around ``position``, at most ~``_SHOWN`` characters."""
+    if len(query) <= _SHOWN:
+        return query
+    start = max(0, min(position - _SHOWN // 2, len(query) - _SHOWN))
+    end = start + _SHOWN
+    return ("…" if start else "") + query[start:end] + ("…" if end < len(query) else "")
+
+
 class QueryError(ValueError):
     """A class-set query could not be understood: names the offending text and suggests names."""
 
@@ -208,7 +244,7 @@ class QueryError(ValueError):
         if suggestions:
             message += f"; did you mean {', '.join(suggestions)}?"
         if position is not None and query:
-            message += f" (at character {position} of {query!r})"
+            message += f" (at character {position} of {_excerpt(query, position)!r})"
         super().__init__(message)
 
 
@@ -243,6 +279,10 @@ def _lex(query: str) -> list[_Token]:
                              position=position)
         kind = match.lastgroup
         text = match.group()
+        if kind == "word" and len(text) > MAX_WORD_LENGTH:
+            raise QueryError(f"word {_shorten(text)!r} is {len(text):,} characters long; names, "
+                             f"groups and patterns have at most {MAX_WORD_LENGTH}", query=query,
+                             position=position)
         if kind == "word" and text.lower() in _KEYWORDS:
             kind, text = "punct", _KEYWORDS[text.lower()]
         if kind != "space":
@@ -266,6 +306,7 @@ class _Parser:
         self.tokens = _lex(query)
         self.position = 0
         self.depth = 0
+        self.patterns: set[str] = set()
 
     @property
     def current(self) -> _Token:
@@ -349,12 +390,14 @@ class _Parser:
                              tuple(difflib.get_close_matches(field, FIELDS, n=3, cutoff=0.5)))
         operator = self.advance().text
         value_token = self.advance()
-        if value_token.kind != "word" or not value_token.text.isdigit():
+        text = value_token.text
+        if value_token.kind != "word" or not (text.isascii() and text.isdigit()):
             raise self.error(f"expected a whole number after {field} {operator}", value_token)
-        value = int(value_token.text)
-        compare = {"==": int.__eq__, "!=": int.__ne__, "<": int.__lt__, "<=": int.__le__,
-                   ">": int.__gt__, ">=": int.__ge__}[operator]
-        return frozenset(c.index for c in CONTENTS if compare(c.field(field), value))
+        if len(text) > MAX_NUMBER_DIGITS:
+            raise self.error(f"number {_shorten(text, 20)!r} in '{field} {operator}' has "
+                             f"{len(text):,} digits; at most {MAX_NUMBER_DIGITS} (counts are "
+                             "small)", value_token)
+        return _comparison(field, operator, int(text))
 
     def name(self, token: _Token) -> frozenset[int]:
         word = token.text
@@ -364,13 +407,106 @@ class _Parser:
         if group is not None:
             return frozenset(_INDEX[n] for n in group)
         if any(ch in word for ch in "*?["):
-            matched = frozenset(i for i, n in enumerate(LABELS) if fnmatch.fnmatchcase(n, word))
+            self.patterns.add(word)
+            if len(self.patterns) > MAX_PATTERNS:
+                raise self.error(f"more than {MAX_PATTERNS} patterns (words with *, ? or [) in "
+                                 "one query", token)
+            try:
+                matched = _glob(word)
+            except ValueError as error:
+                raise self.error(f"pattern {_shorten(word)!r}: {error}", token) from None
             if not matched:
                 raise self.error(f"pattern {word!r} matches no class", token, _suggest(word))
             return matched
         if word in FIELDS:
             raise self.error(f"content field {word!r} needs a comparison, e.g. '{word} == 1'", token)
         raise self.error(f"unknown class or group {word!r}", token, _suggest(word))
+
+
+_FIELD_VALUES: dict[str, tuple[int, ...]] = {
+    name: tuple(c.field(name) for c in CONTENTS) for name in FIELDS}
+_COMPARE = {"==": int.__eq__, "!=": int.__ne__, "<": int.__lt__, "<=": int.__le__,
+            ">": int.__gt__, ">=": int.__ge__}
+
+
+@lru_cache(maxsize=4096)
+def _comparison(field: str, operator: str, value: int) -> frozenset[int]:
+    compare = _COMPARE[operator]
+    return frozenset(i for i, v in enumerate(_FIELD_VALUES[field]) if compare(v, value))
+
+
+# --- globs: a bit-parallel automaton over the pattern's positions -------------------------------
+_LABEL_CHARS = frozenset("".join(LABELS))
+_STAR = None  # a "*" position; other positions are the frozenset of characters they accept
+
+
+def _glob_positions(pattern: str) -> list[frozenset[str] | None]:
+    """The pattern as positions, in one pass: ``*`` (runs merged), ``?``, ``[...]``/``[!...]``
+    (``]`` right after the opening bracket is a member) or a literal character."""
+    positions: list[frozenset[str] | None] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "*":
+            if not positions or positions[-1] is not _STAR:
+                positions.append(_STAR)
+            index += 1
+        elif char == "?":
+            positions.append(_LABEL_CHARS)
+            index += 1
+        elif char == "[":
+            start = index + 1
+            negate = pattern.startswith("!", start)
+            first = start + negate
+            end = pattern.find("]", first + 1)
+            if first >= len(pattern) or end < 0:
+                raise ValueError(f"the '[' at character {index} is not closed by ']'")
+            members = frozenset(pattern[first:end])
+            positions.append(_LABEL_CHARS - members if negate else members & _LABEL_CHARS)
+            index = end + 1
+        else:
+            positions.append(frozenset((char,)) & _LABEL_CHARS)
+            index += 1
+    return positions
+
+
+@lru_cache(maxsize=1024)
+def _glob(pattern: str) -> frozenset[int]:
+    """Indices of the classes whose whole name matches the glob ``pattern``.
+
+    A set of states (one bit per pattern position) steps once per character of a name, so a
+    pattern costs (188 names) x (<= 15 characters) integer operations whatever its form."""
+    positions = _glob_positions(pattern)
+    stars = 0
+    advance = dict.fromkeys(_LABEL_CHARS, 0)
+    for bit, accepted in enumerate(positions):
+        if accepted is _STAR:
+            stars |= 1 << bit
+        else:
+            for char in accepted:
+                advance[char] |= 1 << bit
+    accept = 1 << len(positions)
+    start = 1 | ((1 & stars) << 1)
+    matched = []
+    for index, name in enumerate(LABELS):
+        states = start
+        for char in name:
+            states = ((states & advance[char]) << 1) | (states & stars)
+            states |= (states & stars) << 1
+            if not states:
+                break
+        if states & accept:
+            matched.append(index)
+    return frozenset(matched)
+
+
+def _checked(query) -> str:
+    if not isinstance(query, str):
+        raise QueryError(f"a class query must be text, not {type(query).__name__}")
+    if len(query) > MAX_QUERY_LENGTH:
+        raise QueryError(f"the class query is {len(query):,} characters long; at most "
+                         f"{MAX_QUERY_LENGTH:,} are accepted")
+    return query
 
 
 @lru_cache(maxsize=1024)
@@ -384,15 +520,13 @@ def select(query: str) -> list[str]:
     Raises :class:`QueryError` (naming the offending text and suggesting close names) for anything
     it cannot parse. An empty result is allowed (e.g. ``b == 3``): it is a valid, empty class set.
     """
-    if not isinstance(query, str):
-        raise QueryError(f"a class query must be text, not {type(query).__name__}")
-    return [LABELS[i] for i in _select_indices(query)]
+    return [LABELS[i] for i in _select_indices(_checked(query))]
 
 
 def mask(query: str) -> np.ndarray:
     """Boolean mask of shape (188,) selecting the classes of ``query``."""
     result = np.zeros(N_CLASSES, dtype=bool)
-    result[list(_select_indices(query))] = True
+    result[list(_select_indices(_checked(query)))] = True
     return result
 
 

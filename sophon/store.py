@@ -82,6 +82,11 @@ SCORE_HEAD_KEY = "score_head"  # DatasetMetadata.extra: checkpoint whose head gi
 LATENT_CODES_KEY = "latent_codes"  # DatasetMetadata.extra: offset and step of uint8 latent codes
 # float32 probabilities summed over 188 classes: rounding alone stays well below this.
 PROBABILITY_SUM_TOLERANCE = 2e-3
+# Largest weight of one jet, in expected events (a yield summed from such weights stays finite).
+MAX_WEIGHT = 1e15
+# Columns that hold numbers (integers or floats), whatever their width.
+NUMERIC_COLUMNS: tuple[str, ...] = (*JET_COLUMNS, "jet_label", "event_id", "jet_rank", "weight",
+                                    "umap_x", "umap_y", *SCORE_COLUMNS)
 
 
 class DatasetError(ValueError):
@@ -234,7 +239,24 @@ def _check_score_columns(file: Path, names: Sequence[str]) -> None:
 
 def _file_metadata(file: Path, schema: pa.Schema) -> DatasetMetadata:
     raw = (schema.metadata or {}).get(METADATA_KEY)
-    metadata = DatasetMetadata.from_json(raw, source=str(file)) if raw else DatasetMetadata()
+    if not raw:
+        raise DatasetError(f"{file}: the file has no 'sophon' metadata (the parquet key-value "
+                           "entry with the class order, luminosity and model id); write it with "
+                           "sophon.store.write_dataset")
+    try:
+        metadata = DatasetMetadata.from_json(raw, source=str(file))
+    except (OverflowError, RecursionError, MemoryError) as error:
+        raise DatasetError(f"{file}: unreadable 'sophon' metadata ({type(error).__name__})") \
+            from None
+    luminosity = metadata.luminosity_fb
+    if luminosity is not None and (isinstance(luminosity, bool)
+                                   or not isinstance(luminosity, (int, float))
+                                   or not 0 < luminosity < float("inf")):
+        raise DatasetError(f"{file}: metadata 'luminosity_fb' is {_shown(luminosity)}; expected a "
+                           "positive number of fb^-1, or null for an unweighted dataset")
+    if not isinstance(metadata.model_id, str) or len(metadata.model_id) > 500:
+        raise DatasetError(f"{file}: metadata 'model_id' is {_shown(metadata.model_id)}; expected "
+                           "text of at most 500 characters")
     if len(metadata.labels) != N_CLASSES:
         raise DatasetError(f"{file}: metadata lists {len(metadata.labels)} classes, "
                            f"expected {N_CLASSES}")
@@ -246,6 +268,50 @@ def _file_metadata(file: Path, schema: pa.Schema) -> DatasetMetadata:
         raise DatasetError(f"{file}: schema version {metadata.schema_version} is newer than this "
                            f"reader's {SCHEMA_VERSION}")
     return metadata
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _check_column_types(file: Path, schema: pa.Schema, coded_latents: bool) -> None:
+    """Numeric columns hold numbers; ``latent`` is a fixed-size list of 128 floats per jet (of
+    uint8 codes when the metadata names latent codes)."""
+    for name in NUMERIC_COLUMNS:
+        index = schema.get_field_index(name)
+        if index < 0:
+            continue
+        kind = schema.field(index).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise DatasetError(f"{file}: column {name!r} is stored as {kind}; it must hold "
+                               "numbers (integers or floats)")
+    index = schema.get_field_index("latent")
+    if index < 0:
+        return
+    kind = schema.field(index).type
+    expected = (f"fixed_size_list<uint8>[{LATENT_DIM}] (latent codes)" if coded_latents
+                else f"fixed_size_list<float32>[{LATENT_DIM}]")
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(pq.read_table(file, columns=["latent"])["latent"])
+        wrong = pc.fill_null(pc.not_equal(lengths, LATENT_DIM), True).to_numpy(
+            zero_copy_only=False)
+        detail = ""
+        if wrong.any():
+            row = int(np.argmax(wrong))
+            detail = f"; row {row} holds {lengths[row].as_py()} numbers"
+        raise DatasetError(f"{file}: column 'latent' is a variable-length list ({kind}){detail}; "
+                           f"expected {expected}, {LATENT_DIM} numbers per jet")
+    if not pa.types.is_fixed_size_list(kind):
+        raise DatasetError(f"{file}: column 'latent' is stored as {kind}; expected {expected}")
+    if kind.list_size != LATENT_DIM:
+        raise DatasetError(f"{file}: column 'latent' holds {kind.list_size} numbers per jet; "
+                           f"expected {LATENT_DIM} ({expected})")
+    value = kind.value_type
+    if not (pa.types.is_uint8(value) if coded_latents else pa.types.is_floating(value)):
+        raise DatasetError(f"{file}: column 'latent' holds {value} values; expected {expected}")
 
 
 def _score_head(file: Path, names: Sequence[str], metadata: DatasetMetadata) -> Path | None:
@@ -432,37 +498,65 @@ class JetDataset:
                                                 maintain_order="left")["code"].to_numpy()
         return np.ascontiguousarray(codes, dtype=np.int32)
 
+    def _locate(self, row: int) -> tuple[Path, int]:
+        """The file that holds the dataset's ``row``, and the row's index in that file."""
+        for file in self.files:
+            rows = pq.ParquetFile(file).metadata.num_rows
+            if row < rows:
+                return file, row
+            row -= rows
+        return self.path, row
+
+    def _bad_value(self, name: str, row: int, value, rule: str = "") -> DatasetError:
+        file, local = self._locate(row)
+        return DatasetError(f"{file}: column {name!r} holds {value} at row {local}"
+                            f"{'; ' + rule if rule else ''}")
+
     def validate(self) -> None:
-        """Check values: finite scores summing to 1, finite non-negative weights, finite masses."""
+        """Check types and values at load, each failure a DatasetError naming the file, the
+        column, the row (in that file) and the value: numeric columns hold numbers and ``latent``
+        128 floats per jet; scores are finite, in [0, 1] and sum to 1; weights are finite, >= 0
+        and at most :data:`MAX_WEIGHT` expected events; masses and pT are finite."""
+        coded = self.metadata.extra.get(LATENT_CODES_KEY) is not None
+        for file in self.files:
+            _check_column_types(file, _read_schema(file), coded)
         scores = self.scores
         finite_rows = np.isfinite(scores).all(axis=1)
         if not finite_rows.all():
             row = int(np.argmin(finite_rows))
             index = int(np.argmin(np.isfinite(scores[row])))
-            raise DatasetError(f"{self.path}: column {SCORE_COLUMNS[index]!r} holds "
-                               f"{scores[row, index]} (not finite) at row {row}")
+            raise self._bad_value(SCORE_COLUMNS[index], row, f"{scores[row, index]} (not finite)")
+        low, high = scores.min(axis=0), scores.max(axis=0)
+        outside = (low < 0) | (high > 1)
+        if outside.any():
+            index = int(np.argmax(outside))
+            column = scores[:, index]
+            row = int(np.argmax((column < 0) | (column > 1)))
+            raise self._bad_value(SCORE_COLUMNS[index], row, column[row],
+                                  "probabilities must lie in [0, 1]")
         sums = scores.sum(axis=1, dtype=np.float64)
         bad = np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE
         if bad.any():
-            row = int(np.argmax(bad))
-            raise DatasetError(f"{self.path}: the 188 score columns sum to {sums[row]:.6f} at row "
-                               f"{row}; probabilities must sum to 1 within "
-                               f"{PROBABILITY_SUM_TOLERANCE}")
+            file, row = self._locate(int(np.argmax(bad)))
+            raise DatasetError(f"{file}: the 188 score columns sum to "
+                               f"{sums[int(np.argmax(bad))]:.6f} at row {row}; probabilities "
+                               f"must sum to 1 within {PROBABILITY_SUM_TOLERANCE}")
         if "weight" in self.columns:
             weight_series = self._collect(["weight"]).to_series()
             if weight_series.null_count():
-                row = int(weight_series.is_null().arg_max())
-                raise DatasetError(f"{self.path}: column 'weight' is missing (null) at row {row}")
+                file, row = self._locate(int(weight_series.is_null().arg_max()))
+                raise DatasetError(f"{file}: column 'weight' is missing (null) at row {row}")
             weights = self.weights
-            bad = ~np.isfinite(weights) | (weights < 0)
+            bad = ~np.isfinite(weights) | (weights < 0) | (weights > MAX_WEIGHT)
             if bad.any():
                 row = int(np.argmax(bad))
-                raise DatasetError(f"{self.path}: column 'weight' holds {weights[row]} at row {row}"
-                                   "; weights must be finite and non-negative")
+                raise self._bad_value("weight", row, float(weights[row]),
+                                      f"weights must be finite, non-negative and at most "
+                                      f"{MAX_WEIGHT:g} (expected events)")
         for name in ("jet_sdmass", "jet_pt"):
             if name not in self.columns:
                 raise DatasetError(f"{self.path}: missing column {name!r}")
             values = self.column(name)
             if not np.isfinite(values).all():
                 row = int(np.argmin(np.isfinite(values)))
-                raise DatasetError(f"{self.path}: column {name!r} holds {values[row]} at row {row}")
+                raise self._bad_value(name, row, values[row])

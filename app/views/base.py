@@ -11,7 +11,7 @@ import param
 from app.explorer import Explorer
 from app.state import data_path
 
-__all__ = ["ExplorerView", "message", "problem_message"]
+__all__ = ["ExplorerView", "message", "text_message", "message_html", "problem_message"]
 
 
 class ExplorerView(pn.viewable.Viewer):
@@ -35,6 +35,27 @@ class ExplorerView(pn.viewable.Viewer):
 def message(text: str, kind: str = "info", **kwargs) -> pn.pane.Alert:
     """An inline message box (``kind``: info, warning, danger, success)."""
     return pn.pane.Alert(text, alert_type=kind, sizing_mode="stretch_width", **kwargs)
+
+
+_TEXT_MESSAGE_COLOURS = {  # background, border, text
+    "danger": ("#fdecea", "#e0a5a5", "#611a15"), "warning": ("#fff4e5", "#f0c36d", "#663c00"),
+    "info": ("#e8f4fd", "#9fc9ea", "#0c4a6e"), "success": ("#edf7ed", "#a5d6a7", "#1e4620")}
+
+
+def message_html(text: str, text_class: str) -> str:
+    """``text`` as HTML that shows it literally: escaped, in a div of class ``text_class``."""
+    return f"<div class='{text_class}'>{html.escape(text)}</div>"
+
+
+def text_message(text: str = "", kind: str = "info", **kwargs) -> pn.pane.HTML:
+    """An inline message box like :func:`message` for text that quotes what someone typed or
+    sent: set its ``object`` with :func:`message_html`; it is never read as Markdown, and line
+    breaks are kept."""
+    background, border, colour = _TEXT_MESSAGE_COLOURS[kind]
+    styles = {"background": background, "border": f"1px solid {border}", "color": colour,
+              "border-radius": "6px", "padding": "8px 12px", "white-space": "pre-wrap",
+              "overflow-wrap": "anywhere"}
+    return pn.pane.HTML(html.escape(text), sizing_mode="stretch_width", styles=styles, **kwargs)
 
 
 def problem_message(explorer: Explorer) -> pn.pane.HTML:

@@ -7,6 +7,9 @@ neutrinos), search and pick, then add the picks (or the filter itself) as a term
 becomes the session's discriminant as soon as a value is committed (Enter, leaving a field,
 changing a weight); an invalid one shows its error and leaves the last valid discriminant in
 place.
+
+What people type or import (names, descriptions, labels, queries, file names) reaches the page as
+text only: HTML-escaped in HTML panes, never as Markdown, and escaped for KaTeX in the formula.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import re
 import panel as pn
 import param
 
-from sophon.discriminant import PRESETS, Discriminant, DiscriminantError, Term
-from sophon.labels import GROUPS, LABELS, REWEIGHT_GROUPS, QueryError, select
+from sophon.discriminant import (MAX_DEFINITION_CHARACTERS, MAX_TEXT_LENGTH, PRESETS,
+                                 Discriminant, DiscriminantError, Term)
+from sophon.labels import (GROUPS, LABELS, MAX_QUERY_LENGTH, REWEIGHT_GROUPS, QueryError,
+                           select)
 
-from app.views.base import ExplorerView, message
+from app.views.base import ExplorerView, message_html, text_message
 
 __all__ = ["ComposerView", "TermEditor", "picker_query", "CONTENT_FILTERS", "GROUP_OPTIONS"]
 
@@ -56,6 +61,10 @@ def _describe(classes: list[str], limit: int = 6) -> str:
     return f"{len(classes)} class{'es' if len(classes) != 1 else ''}: {shown}{more}"
 
 
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def validate_query(query: str) -> tuple[bool, str]:
     """(ok, text): the classes a query selects, or why it is invalid."""
     try:
@@ -84,7 +93,8 @@ class TermEditor(pn.viewable.Viewer):
     """One numerator term: query, weight, label, live validation and a remove button."""
 
     query = param.String(default="")
-    weight = param.Number(default=1.0, bounds=(0, None))
+    weight = param.Number(default=1.0, doc="Checked by Term (a finite number from 0 to "
+                          "MAX_WEIGHT), so that a bad value is reported, not raised.")
     label = param.String(default="")
     removed = param.Event()
     changed = param.Event(doc="A committed value changed.")
@@ -93,10 +103,13 @@ class TermEditor(pn.viewable.Viewer):
         super().__init__(**params)
         self._query = pn.widgets.TextInput(value=self.query,
                                            placeholder="class query, e.g. X_bb | X_cc",
+                                           max_length=MAX_QUERY_LENGTH,
                                            sizing_mode="stretch_width", css_classes=["term-query"])
         self._weight = pn.widgets.FloatInput(value=self.weight, start=0, step=0.1, width=80,
                                              css_classes=["term-weight"])
-        self._label = pn.widgets.TextInput(value=self.label, placeholder="label", width=90)
+        self._label = pn.widgets.TextInput(value=self.label, placeholder="label", width=90,
+                                           max_length=MAX_TEXT_LENGTH["label"],
+                                           css_classes=["term-label"])
         self._remove = pn.widgets.Button(label="✕", width=36, color="light",
                                          description="remove this term")
         self._status = pn.pane.HTML("", margin=(0, 10), css_classes=["term-status"],
@@ -120,13 +133,14 @@ class TermEditor(pn.viewable.Viewer):
 
     def _show_status(self, text: str) -> None:
         if not text.strip():
-            self._status.object = "<span style='color:#888'>type a query or use the picker</span>"
+            self._status.object = ("<span class='term-status-text' style='color:#888'>type a "
+                                   "query or use the picker</span>")
             return
         ok, description = validate_query(text)
         color = "#2e7d32" if ok else "#c62828"
         mark = "✓" if ok else "✗"
-        self._status.object = (f"<span style='color:{color};font-size:0.85em'>{mark} "
-                               f"{html.escape(description)}</span>")
+        self._status.object = (f"<span class='term-status-text' style='color:{color};"
+                               f"font-size:0.85em'>{mark} {html.escape(description)}</span>")
 
     def _on_commit(self, event):
         self.param.update(query=self._query.value, weight=float(self._weight.value or 0.0),
@@ -161,7 +175,9 @@ class ComposerView(ExplorerView):
         self._preset = pn.widgets.Select(label="Preset (arXiv:2405.12972)",
                                          options=[NO_PRESET, *PRESETS], value=NO_PRESET,
                                          sizing_mode="stretch_width", css_classes=["preset"])
-        self._name = pn.widgets.TextInput(label="Name", sizing_mode="stretch_width")
+        self._name = pn.widgets.TextInput(label="Name", sizing_mode="stretch_width",
+                                          max_length=MAX_TEXT_LENGTH["name"],
+                                          css_classes=["discriminant-name"])
         self._level = pn.widgets.RadioButtonGroup(
             label="Level", color="primary", variant="outline",
             options={"jet": "jet", "event (j1 + j2)": "event"})
@@ -170,14 +186,16 @@ class ComposerView(ExplorerView):
         self._add = pn.widgets.Button(label="+ add term", color="default", width=110)
         self._denominator = pn.widgets.TextInput(label="Denominator classes", value="QCD",
                                                  sizing_mode="stretch_width",
+                                                 max_length=MAX_QUERY_LENGTH,
                                                  css_classes=["denominator"])
         self._denominator_status = pn.pane.HTML("", css_classes=["term-status"])
         self._latex = pn.pane.LaTeX("", renderer="katex", sizing_mode="stretch_width",
                                     styles={"font-size": "1.25em", "overflow-x": "auto"},
                                     css_classes=["formula"])
-        self._summary = pn.pane.Markdown("", sizing_mode="stretch_width",
-                                         styles={"font-size": "0.85em"})
-        self._alert = message("", "danger", visible=False, css_classes=["composer-error"])
+        self._summary = pn.pane.HTML("", sizing_mode="stretch_width",
+                                     styles={"font-size": "0.85em"},
+                                     css_classes=["composer-summary"])
+        self._alert = text_message("", "danger", visible=False, css_classes=["composer-error"])
         self._picker = self._build_picker()
         self._yaml = self._build_yaml()
 
@@ -273,8 +291,10 @@ class ComposerView(ExplorerView):
         self._upload = pn.widgets.FileInput(accept=".yaml,.yml", multiple=False,
                                             sizing_mode="stretch_width")
         self._yaml_text = pn.widgets.TextAreaInput(placeholder="…or paste YAML here", height=120,
-                                                   sizing_mode="stretch_width")
-        load = pn.widgets.Button(label="Load pasted YAML", width=140)
+                                                   max_length=MAX_DEFINITION_CHARACTERS,
+                                                   sizing_mode="stretch_width",
+                                                   css_classes=["yaml-text"])
+        load = pn.widgets.Button(label="Load pasted YAML", width=140, css_classes=["yaml-load"])
         self._upload.param.watch(self._on_upload, "value")
         load.on_click(lambda event: self.import_yaml(self._yaml_text.value))
         return _lazy_card("Import / export YAML", lambda: [
@@ -290,19 +310,25 @@ class ComposerView(ExplorerView):
     def _on_upload(self, event) -> None:
         if event.new is None:
             return
+        name = _shorten(str(self._upload.filename or "the file"))
+        if len(event.new) > MAX_DEFINITION_CHARACTERS * 4:  # UTF-8: at most 4 bytes a character
+            self._show_error(f"Could not import {name}: the file has {len(event.new):,} bytes; a "
+                             f"discriminant definition has at most "
+                             f"{MAX_DEFINITION_CHARACTERS:,} characters")
+            return
         try:
             text = event.new.decode("utf-8")
         except UnicodeDecodeError:
-            self._show_error("The uploaded file is not UTF-8 text.")
+            self._show_error(f"Could not import {name}: the file is not UTF-8 text.")
             return
-        self.import_yaml(text)
+        self.import_yaml(text, source=name)
 
-    def import_yaml(self, text: str) -> Discriminant | None:
+    def import_yaml(self, text: str, source: str = "the YAML") -> Discriminant | None:
         """Load a discriminant from YAML text into the form and the session."""
         try:
             discriminant = Discriminant.from_yaml(text)
         except (DiscriminantError, QueryError) as error:
-            self._show_error(f"Could not import the YAML: {error}")
+            self._show_error(f"Could not import {source}: {error}")
             return None
         self.load(discriminant)
         self.explorer.discriminant = discriminant
@@ -418,15 +444,20 @@ class ComposerView(ExplorerView):
 
     # --- display --------------------------------------------------------------------------
     def _show(self, discriminant: Discriminant) -> None:
-        self._latex.object = f"${discriminant.latex()}$"
+        # the KaTeX pane sets its text as HTML, then typesets the $...$ in it: the LaTeX (whose
+        # labels are escaped for LaTeX by Discriminant.latex) is HTML-escaped too
+        self._latex.object = f"${html.escape(discriminant.latex(), quote=False)}$"
         numerator = discriminant.numerator_classes
         denominator = discriminant.denominator_classes
         level = ("event level: summed over the two leading jets" if discriminant.level == "event"
                  else "jet level")
-        description = f" — {discriminant.description}" if discriminant.description else ""
-        self._summary.object = (f"**{html.escape(discriminant.name)}** ({level}){description}  \n"
-                                f"g_A: {_describe(numerator, 4)}  \n"
-                                f"g_B: {_describe(denominator, 4)}")
+        description = (f" — <span class='composer-description'>"
+                       f"{html.escape(discriminant.description)}</span>"
+                       if discriminant.description else "")
+        self._summary.object = (f"<b class='composer-name'>{html.escape(discriminant.name)}</b> "
+                                f"({level}){description}<br>"
+                                f"g<sub>A</sub>: {html.escape(_describe(numerator, 4))}<br>"
+                                f"g<sub>B</sub>: {html.escape(_describe(denominator, 4))}")
 
     def _show_denominator(self, text: str) -> None:
         ok, description = validate_query(text) if text.strip() else (False, "empty")
@@ -437,7 +468,7 @@ class ComposerView(ExplorerView):
 
     def _show_error(self, text: str) -> None:
         self.status = text
-        self._alert.object = html.escape(text)
+        self._alert.object = message_html(text, "composer-error-text")
         self._alert.visible = True
 
     def _hide_error(self) -> None:
