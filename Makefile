@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 ORIGIN ?=
 DATA   ?= data/default
 
-.PHONY: app test bench install chromium default
+.PHONY: app test bench install chromium default model
 
 install: $(VENV)/.installed
 
@@ -64,3 +64,29 @@ default: install
 	  --constituents $(WORK)/sm/SM.parquet --constituent-jets 2000 --latent-bits 7 \
 	  --thin-keep 0.3 --thin-qcd 0.1 --seed 0
 	$(BIN)/sophon embed data/default --seed 0
+
+# The next default model (docs/training.md): 8 x 210,000 training events (2.1 M selected jets) and
+# an independent test sample, then training in resumable runs of at most $(MINUTES) minutes, then
+# the model-card figures. Run it again to continue: finished generation folders are skipped and
+# training resumes from its state file in $(MODEL_WORK). On a GPU machine the same target trains
+# the published configuration: make model CONFIG=sophon DEVICE=cuda MODEL_NAME=sophon-gpu.
+MODEL_NAME ?= sophon-small-v2
+MODEL_WORK ?= build/model
+CONFIG     ?= small
+DEVICE     ?= auto
+MINUTES    ?= 150
+TRAIN_RUNS ?= 1 2 3 4 5 6 7 8
+model: install
+	@for run in $(TRAIN_RUNS); do \
+	  test -f $(MODEL_WORK)/run$$run/QCD.parquet || $(BIN)/sophon generate training --no-mpi \
+	    --quiet --events 210000 --seed $$((10 + run)) --parts res2p=0.15,res34p=0.55,qcd=0.30 \
+	    -o $(MODEL_WORK)/run$$run || exit 1; \
+	done
+	test -f $(MODEL_WORK)/test/QCD.parquet || $(BIN)/sophon generate training --no-mpi --quiet \
+	  --events 60000 --seed 90 --parts res2p=0.25,res34p=0.25,qcd=0.5 -o $(MODEL_WORK)/test
+	$(BIN)/sophon train $(MODEL_WORK)/run*/*.parquet -o data/models/$(MODEL_NAME).pt \
+	  --config $(CONFIG) --device $(DEVICE) --epochs 9 --samples-per-epoch 500000 \
+	  --validation-fraction 0.04 --seed 0 --state $(MODEL_WORK)/state.pt --max-minutes $(MINUTES) \
+	  $$(test -f $(MODEL_WORK)/state.pt && echo --resume $(MODEL_WORK)/state.pt)
+	$(BIN)/sophon evaluate data/models/$(MODEL_NAME).pt $(MODEL_WORK)/test/*.parquet \
+	  --device $(DEVICE) -o $(MODEL_WORK)/evaluation.json

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from sophon import training
 from sophon.model import SophonModel, freeze_batch_norms
+from sophon.scoring import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "JetClassII_example.parquet"
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--baseline", default="8b06cd4")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
@@ -111,8 +112,10 @@ def main() -> None:
     print(f"{len(sample)} jets, mean multiplicity {multiplicity.mean():.1f}; config "
           f"{args.config}, batch {args.batch_size}, {args.precision}, "
           f"{torch.get_num_threads()} threads")
-    print(f"plain 1024^3 matmul: fp32 {matmul_rate(torch.float32):.0f} GFLOP/s, "
-          f"bf16 {matmul_rate(torch.bfloat16):.0f} GFLOP/s")
+    bf16 = (f"bf16 {matmul_rate(torch.bfloat16):.0f} GFLOP/s" if cpu_has_bf16()
+            else "bf16 emulated (no AVX512-BF16/AMX on this CPU)")
+    print(f"plain 1024^3 matmul: fp32 {matmul_rate(torch.float32):.0f} GFLOP/s, {bf16}",
+          flush=True)
     config = training.TRAINING_CONFIGS[args.config]
 
     torch.manual_seed(0)
@@ -146,7 +149,8 @@ def main() -> None:
         best["ours"] = min(best["ours"], our_steps(step, sample, batches))
     jets = args.batch_size * args.steps
     for name, seconds in best.items():
-        print(f"{name:>9}: {jets / seconds:7.0f} jets/s  ({seconds / args.steps * 1e3:.0f} ms/step)")
+        print(f"{name:>9}: {jets / seconds:7.0f} jets/s  ({seconds / args.steps * 1e3:.0f} ms/step)",
+              flush=True)
     print(f"ratio ours / baseline: {best['baseline'] / best['ours']:.2f}x")
 
 

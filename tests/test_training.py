@@ -174,6 +174,8 @@ def test_a_stopped_training_resumes_where_it_stopped(reference_dir, tmp_path):
     final_parts = torch.load(parts, weights_only=False)["model"]
     for key, value in final_whole.items():
         torch.testing.assert_close(final_parts[key], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exists already"):  # never overwritten by a new run
+        train(sample, tmp_path / "parts.pt", options, state_path=parts)
     other = TrainingOptions(**{**options.__dict__, "learning_rate": 1e-3})
     with pytest.raises(ValueError, match="learning_rate"):
         train(sample, tmp_path / "parts.pt", other, state_path=parts, resume=True)
