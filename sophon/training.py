@@ -62,7 +62,7 @@ from sophon.scoring import resolve_device, resolve_precision
 from sophon.tagging import class_accuracies, selection_score, tagging_figures
 
 __all__ = ["TRAINING_CONFIGS", "CLASS_WEIGHTS", "PT_EDGES", "SDMASS_EDGES", "TrainingOptions",
-           "TrainingSample", "load_training_sample", "flattening_factors", "acceptance",
+           "TrainingSample", "load_training_sample", "cached_training_sample", "flattening_factors", "acceptance",
            "epoch_jets", "bucketed", "train", "evaluate", "evaluate_model", "register_cli"]
 
 TRAINING_CONFIGS: dict[str, SophonConfig] = {
@@ -175,6 +175,48 @@ def load_training_sample(files: Sequence[str | os.PathLike], *, rows_per_read: i
                           offsets=offsets)
     return TrainingSample(inputs=inputs, labels=np.concatenate(labels), jet_pt=np.concatenate(pts),
                           jet_sdmass=np.concatenate(masses), sources=[str(f) for f in files])
+
+
+_SAMPLE_ARRAYS = ("features", "vectors", "offsets", "labels", "jet_pt", "jet_sdmass")
+
+
+def _source_stamp(files: Sequence[str | os.PathLike]) -> list[list]:
+    return [[str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+
+
+def cached_training_sample(files: Sequence[str | os.PathLike],
+                           cache: str | os.PathLike | None) -> TrainingSample:
+    """:func:`load_training_sample`, kept as .npy files in the folder ``cache`` and memory-mapped
+    from there on later calls with the same files (same paths, sizes and modification times):
+    reading 2 M jets' constituents takes minutes, a resumed training should not pay it again."""
+    if cache is None:
+        return load_training_sample(files)
+    cache = Path(cache)
+    stamp = _source_stamp(files)
+    try:
+        if json.loads((cache / "sources.json").read_text()) == stamp:
+            arrays = {name: np.load(cache / f"{name}.npy", mmap_mode="r")
+                      for name in _SAMPLE_ARRAYS}
+            return TrainingSample(
+                inputs=RaggedInputs(features=arrays["features"], vectors=arrays["vectors"],
+                                    offsets=np.asarray(arrays["offsets"])),
+                labels=np.asarray(arrays["labels"]), jet_pt=np.asarray(arrays["jet_pt"]),
+                jet_sdmass=np.asarray(arrays["jet_sdmass"]), sources=[str(f) for f in files])
+    except (OSError, ValueError):
+        pass  # no cache yet, or an unreadable one: rebuild it
+    sample = load_training_sample(files)
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "sources.json").unlink(missing_ok=True)  # the arrays below are not valid until it is back
+    arrays = {"features": sample.inputs.features, "vectors": sample.inputs.vectors,
+              "offsets": sample.inputs.offsets, "labels": sample.labels,
+              "jet_pt": sample.jet_pt, "jet_sdmass": sample.jet_sdmass}
+    for name, array in arrays.items():
+        with atomic_output(cache / f"{name}.npy") as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, array)
+    with atomic_output(cache / "sources.json") as temporary:
+        temporary.write_text(json.dumps(stamp))
+    return sample
 
 
 # --- which jets an epoch draws ------------------------------------------------------------------
@@ -587,7 +629,8 @@ def _main(args: argparse.Namespace) -> int:
                               batch_norm_warmup=args.batch_norm_warmup, device=args.device,
                               precision=args.precision, compile=args.compile, seed=args.seed)
     state = args.resume or args.state or Path("build") / "train-state" / (args.output.stem + ".pt")
-    summary = train(load_training_sample(args.inputs), args.output, options, state_path=state,
+    sample = cached_training_sample(args.inputs, Path(state).with_suffix(".sample"))
+    summary = train(sample, args.output, options, state_path=state,
                     resume=args.resume is not None, max_minutes=args.max_minutes)
     print(f"best epoch {summary['best_epoch']}; checkpoint {args.output}; "
           f"{'finished' if summary['finished'] else 'resumable from ' + str(state)}")

@@ -181,6 +181,29 @@ def test_a_stopped_training_resumes_where_it_stopped(reference_dir, tmp_path):
         train(sample, tmp_path / "parts.pt", other, state_path=parts, resume=True)
 
 
+def test_the_training_sample_cache_is_exact_and_follows_its_files(reference_dir, tmp_path):
+    import shutil
+
+    from sophon.training import cached_training_sample
+
+    source = tmp_path / "jets.parquet"
+    shutil.copy(reference_dir / "JetClassII_example.parquet", source)
+    direct = load_training_sample([source])
+    first = cached_training_sample([source], tmp_path / "cache")
+    again = cached_training_sample([source], tmp_path / "cache")
+    assert isinstance(again.inputs.features, np.memmap)  # read back, not rebuilt
+    for sample in (first, again):
+        np.testing.assert_array_equal(sample.inputs.features, direct.inputs.features)
+        np.testing.assert_array_equal(sample.inputs.vectors, direct.inputs.vectors)
+        np.testing.assert_array_equal(sample.labels, direct.labels)
+        np.testing.assert_array_equal(sample.jet_sdmass, direct.jet_sdmass)
+    # a changed file is read anew
+    import pyarrow.parquet as pq
+    pq.write_table(pq.read_table(source).slice(0, 50), source)
+    changed = cached_training_sample([source], tmp_path / "cache")
+    assert len(changed) == len(load_training_sample([source])) < len(direct)
+
+
 def test_missing_training_column_is_named(tmp_path, reference_dir):
     import pyarrow.parquet as pq
 
