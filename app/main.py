@@ -17,8 +17,9 @@ if _ROOT not in sys.path:  # `panel serve app` runs this file as a script: make 
 import holoviews.plotting.bokeh  # noqa: E402,F401
 import panel as pn  # noqa: E402
 
+from app.app_hooks import start_warm_up  # noqa: E402
 from app.page import SophonApp  # noqa: E402
-from app.state import data_path, start_warm_up  # noqa: E402
+from app.state import data_path  # noqa: E402
 
 pn.extension("tabulator", "katex", notifications=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["in_box", "in_polygon", "box_indices", "polygon_indices"]
+__all__ = ["in_box", "box_indices", "polygon_indices"]
 
 
 def in_box(x: np.ndarray, y: np.ndarray, bounds: tuple[float, float, float, float]) -> np.ndarray:
@@ -59,10 +59,3 @@ def polygon_indices(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.nd
         crossing = xi + (band_y - yi) * ((xj - xi) / (yj - yi))
         inside[lo:hi] ^= px[lo:hi] < crossing
     return np.sort(candidates[order[inside]]).astype(np.int64)
-
-
-def in_polygon(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """(N,) bool mask of :func:`polygon_indices`."""
-    result = np.zeros(len(x), dtype=bool)
-    result[polygon_indices(x, y, vertices)] = True
-    return result

@@ -13,8 +13,9 @@ Everything here is shared by all sessions of one server process:
   that cannot be opened gives a :class:`DatasetProblem` (a message for the page), never an
   exception, so the server keeps serving.
 
-The app only reads configured locations: :func:`resolve_data` and :func:`resolve_model` refuse
-paths outside them.
+The app reads models only from the configured folder: :func:`resolve_model` refuses paths
+outside it. Server start-up (preloading the dataset, warming up the latent view) is in
+:mod:`app.app_hooks`; this module holds the configuration and the shared cache alone.
 """
 
 from __future__ import annotations
@@ -45,11 +46,10 @@ __all__ = [
     "data_path",
     "models_dir",
     "output_dir",
-    "data_roots",
-    "resolve_data",
     "resolve_model",
     "load_analysis",
     "loaded_paths",
+    "cached_analysis",
     "shared",
     "warm_up",
     "clear_cache",
@@ -68,11 +68,6 @@ class DatasetProblem:
 
     path: Path
     message: str
-
-    @property
-    def hint(self) -> str:
-        return ("Start the app on another dataset with `panel serve app --args --data PATH` "
-                "or the environment variable `SOPHON_DATA=PATH`.")
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -112,30 +107,6 @@ def output_dir(argv: Sequence[str] | None = None,
     """Where rescored datasets are written (and may be read back from)."""
     return _configured("output", "SOPHON_OUTPUT",
                        Path(tempfile.gettempdir()) / "sophon-explorer", argv, environ)
-
-
-def data_roots(argv: Sequence[str] | None = None,
-               environ: Mapping[str, str] | None = None) -> list[Path]:
-    """The folders the app may read datasets from: the configured dataset (its folder when it is
-    a file) and the rescoring output folder."""
-    path = data_path(argv, environ)
-    base = path if path.is_dir() or not path.suffix else path.parent
-    return [base.resolve(), output_dir(argv, environ).resolve()]
-
-
-def _inside(path: Path, roots: Sequence[Path]) -> bool:
-    path = path.resolve()
-    return any(path == root or root in path.parents for root in roots)
-
-
-def resolve_data(path: str | os.PathLike, roots: Sequence[Path] | None = None) -> Path:
-    """``path`` resolved, if it lies in a configured data folder; ValueError otherwise."""
-    resolved = Path(path).expanduser().resolve()
-    roots = data_roots() if roots is None else [Path(r).resolve() for r in roots]
-    if not _inside(resolved, roots):
-        raise ValueError(f"{path}: outside the configured data folders "
-                         f"({', '.join(map(str, roots))})")
-    return resolved
 
 
 def resolve_model(name: str, directory: Path | None = None) -> Path:
@@ -278,28 +249,6 @@ def clear_cache() -> None:
         _PATH_LOCKS.clear()
 
 
-
-_WARM_STARTED = threading.Event()
-
-
-def preload(argv: Sequence[str] | None = None) -> DatasetAnalysis | DatasetProblem:
-    """Open the configured dataset and compute the first page's default views (server start,
-    in a background thread): the first visitor does not wait for them."""
-    start = time.perf_counter()
-    loaded = load_analysis(data_path(argv))
-    if isinstance(loaded, DatasetProblem):
-        log.warning("dataset not available: %s", loaded.message)
-        return loaded
-    try:  # the first page's default discriminant: computed now, shared by every session
-        from app.explorer import Explorer
-
-        Explorer(analysis=loaded)
-    except Exception:
-        log.exception("precomputing the default views failed")
-    log.info("preloaded %s in %.1f s", loaded.dataset.path, time.perf_counter() - start)
-    return loaded
-
-
 def loaded_paths() -> set[Path]:
     """The files of every dataset loaded in this process (the rescoring cleanup keeps them)."""
     with _LOCK:
@@ -311,29 +260,7 @@ def loaded_paths() -> set[Path]:
     return paths
 
 
-def loaded_analysis(argv: Sequence[str] | None = None) -> DatasetAnalysis | None:
-    """The configured dataset's analysis if it is already loaded (never waits)."""
+def cached_analysis(path: str | os.PathLike) -> DatasetAnalysis | None:
+    """The analysis of ``path`` if it is already loaded (never waits, never loads)."""
     with _LOCK:
-        return _ANALYSES.get(_key(data_path(argv)))
-
-
-def start_warm_up(analysis: DatasetAnalysis | DatasetProblem | None) -> None:
-    """Compile the latent view's datashader kernels once per process, in a background thread.
-
-    Call it from the server's main thread (a page's onload, or the IOLoop): the modules are
-    imported here, not in the thread, because importing holoviews in two threads at once can
-    see half-initialised modules."""
-    if not isinstance(analysis, DatasetAnalysis) or _WARM_STARTED.is_set():
-        return
-    _WARM_STARTED.set()
-    from app.views.latent import warm_up_latent
-
-    def warm():
-        start = time.perf_counter()
-        try:
-            warm_up_latent(analysis)
-        except Exception:  # an optimisation only: never stop the server
-            log.exception("warming up the latent view failed")
-        log.info("latent view warmed up in %.1f s", time.perf_counter() - start)
-
-    threading.Thread(target=warm, name="sophon-warm-up", daemon=True).start()
+        return _ANALYSES.get(_key(path))

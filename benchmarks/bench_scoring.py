@@ -7,8 +7,8 @@ interleaved rounds (best of each kept, so load from other work on a shared machi
   baseline of the ratios, and the reference of ``max|dp|``), and with 128 slots;
 - ``torch eager fp32, 128 slots``: the plain model on the contract's padded batch, and weaver-core's
   ParticleTransformer the same way when it is installed;
-- ours: :class:`sophon.scoring.TorchScorer` (bucketed by multiplicity, trimmed padding) in fp32 and
-  bf16 autocast, and :class:`sophon.export.OnnxScorer` bucketed.
+- ours: :class:`sophon.scorers.TorchScorer` (bucketed by multiplicity, trimmed padding) in fp32 and
+  bf16 autocast, and :class:`sophon.scorers.OnnxScorer` bucketed.
 
 CUDA section (only with a GPU): weaver-core eager (fp32, tf32, bf16 autocast; 128 slots) against
 ``TorchScorer`` (bucketed, bf16/fp16/fp32, optionally ``--compile``), jets/s and ratio, plus the
@@ -33,11 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from sophon.export import OnnxScorer, export_onnx
+from sophon.export import export_onnx
 from sophon.features import RaggedInputs, ragged_inputs
 from sophon.oracle import weaver_reference
 from sophon.model import SophonModel, randomize_weights_
-from sophon.scoring import TorchScorer
+from sophon.scorers import OnnxScorer, TorchScorer
 
 DEFAULT_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / \
     "JetClassII_example.parquet"

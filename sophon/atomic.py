@@ -1,7 +1,12 @@
 """Atomic file output: write to a temporary file beside the target, then rename over it.
 
 A reader never sees a half-written file, and a failed or interrupted write leaves the previous
-file untouched and no temporary behind.
+file untouched and no temporary behind. :func:`write_table_atomic` does it for a parquet table.
+
+:data:`DATASET_METADATA_KEY` is the parquet key-value entry under which every Sophon writer
+(the store, scoring, packaging, the generator's SM files) puts its JSON metadata; it lives here,
+beside the writer, so that a writer needs no import of :mod:`sophon.store` to spell it
+(:func:`sophon.store.read_metadata` reads it back).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "publish"]
+__all__ = ["DATASET_METADATA_KEY", "atomic_output", "publish", "write_table_atomic"]
+
+DATASET_METADATA_KEY = b"sophon"
 
 
 def _umask() -> int:
@@ -51,3 +58,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_table_atomic(table, path: str | os.PathLike, **parquet_options) -> Path:
+    """Write the pyarrow ``table`` to ``path`` (zstd, plus ``parquet_options``) through a temporary
+    file in the same folder, then rename.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    """
+    import pyarrow.parquet as pq
+
+    with atomic_output(path) as temporary:
+        pq.write_table(table, temporary, compression="zstd", **parquet_options)
+    return Path(path)

@@ -1,4 +1,5 @@
-"""ONNX export of the Sophon model with the published names, and an onnxruntime scorer for any such file.
+"""ONNX export of the Sophon model with the published names (:class:`sophon.scorers.OnnxScorer`
+scores any such file).
 
 The file has inputs ``pf_features`` (N, 17, P), ``pf_vectors`` (N, 4, P), ``pf_mask`` (N, 1, P), float32,
 and one output ``softmax`` (N, 316): the 188 class probabilities, then the 128 latent features (the
@@ -17,8 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from sophon.atomic import atomic_output
-from sophon.features import MAX_PARTICLES, JetInputs, RaggedInputs
+from sophon.features import MAX_PARTICLES
+from sophon.labels import N_CLASSES
 from sophon.model import SophonModel
+from sophon.scorers import INPUT_NAMES, N_OUTPUTS, OUTPUT_NAME, ModelOutputError
+from sophon.store import LATENT_DIM
 
 __all__ = [
     "INPUT_NAMES",
@@ -26,19 +30,9 @@ __all__ = [
     "N_OUTPUTS",
     "ModelOutputError",
     "export_onnx",
-    "OnnxScorer",
 ]
 
-INPUT_NAMES: tuple[str, ...] = ("pf_features", "pf_vectors", "pf_mask")
-OUTPUT_NAME = "softmax"
-N_CLASSES_OUT = 188
-LATENT_DIM_OUT = 128
-N_OUTPUTS = N_CLASSES_OUT + LATENT_DIM_OUT  # 316 numbers per jet
 OPSET = 17
-
-
-class ModelOutputError(ValueError):
-    """A model file whose inputs or outputs do not follow the published Sophon layout."""
 
 
 class _ConcatenatedOutput(nn.Module):
@@ -60,9 +54,9 @@ def export_onnx(model: SophonModel, path: str | os.PathLike, *, dynamic_particle
     The batch axis is dynamic; with ``dynamic_particles`` so is the particle axis, which lets a
     consumer trim padding. Returns the path.
     """
-    if model.config.num_classes != N_CLASSES_OUT or model.config.embed_dim != LATENT_DIM_OUT:
-        raise ModelOutputError(f"the published layout needs {N_CLASSES_OUT} classes and a "
-                               f"{LATENT_DIM_OUT}-d latent; this model has "
+    if model.config.num_classes != N_CLASSES or model.config.embed_dim != LATENT_DIM:
+        raise ModelOutputError(f"the published layout needs {N_CLASSES} classes and a "
+                               f"{LATENT_DIM}-d latent; this model has "
                                f"{model.config.num_classes} and {model.config.embed_dim}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +81,7 @@ def export_onnx(model: SophonModel, path: str | os.PathLike, *, dynamic_particle
 
 def _declare_output_width(path: str) -> None:
     """Write the static 316 into the output's shape: the tracer leaves it symbolic (a concat of
-    dynamic-shaped pieces), but consumers check it, as :class:`OnnxScorer` does."""
+    dynamic-shaped pieces), but consumers check it, as :class:`~sophon.scorers.OnnxScorer` does."""
     import onnx
 
     graph = onnx.load(path)
@@ -96,87 +90,3 @@ def _declare_output_width(path: str) -> None:
     width.dim_value = N_OUTPUTS
     onnx.checker.check_model(graph)
     onnx.save(graph, path)
-
-
-class OnnxScorer:
-    """Scores jets with any ONNX file in the published layout, through onnxruntime.
-
-    ``score(inputs)`` returns ``(probabilities (N, 188), latents (N, 128))`` float32. Batches of
-    ``batch_size`` jets; when the file's particle axis is dynamic, jets are sorted by multiplicity and
-    each batch is trimmed to its longest jet (masked padding contributes nothing).
-    """
-
-    def __init__(self, path: str | os.PathLike, *, batch_size: int = 256, threads: int | None = None,
-                 providers: list[str] | None = None, model_id: str = ""):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        self.model_id = model_id or self.path.name
-        self.description = "onnxruntime"
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such ONNX model file")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise ModelOutputError(f"{self.path}: onnxruntime cannot load the model ({error})") from None
-        names = [node.name for node in self.session.get_inputs()]
-        missing = [name for name in INPUT_NAMES if name not in names]
-        if missing:
-            raise ModelOutputError(f"{self.path}: model inputs {names} lack {missing}; expected "
-                                   f"{list(INPUT_NAMES)}")
-        outputs = self.session.get_outputs()
-        self.output_name = OUTPUT_NAME if any(o.name == OUTPUT_NAME for o in outputs) else outputs[0].name
-        width = next(o for o in outputs if o.name == self.output_name).shape[-1]
-        if isinstance(width, int) and width != N_OUTPUTS:
-            raise ModelOutputError(f"{self.path}: output {self.output_name!r} has {width} entries per "
-                                   f"jet; the Sophon layout has {N_OUTPUTS} (188 probabilities, then "
-                                   "128 latents)")
-        particle_axis = next(i for i in self.session.get_inputs() if i.name == "pf_features").shape[2]
-        self.fixed_length = particle_axis if isinstance(particle_axis, int) else None
-        self.batch_size = int(batch_size)
-
-    def run(self, inputs: JetInputs) -> np.ndarray:
-        """One onnxruntime call on already padded inputs -> (N, 316) float32."""
-        feeds = {name: np.ascontiguousarray(array, dtype=np.float32)
-                 for name, array in inputs.as_dict().items()}
-        output = self.session.run([self.output_name], feeds)[0]
-        if output.ndim != 2 or output.shape[1] != N_OUTPUTS:
-            raise ModelOutputError(f"{self.path}: output {self.output_name!r} has shape "
-                                   f"{tuple(output.shape)}; the Sophon layout has {N_OUTPUTS} entries "
-                                   "per jet (188 probabilities, then 128 latents)")
-        return output
-
-    def score(self, inputs: JetInputs) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, 188) and latents (N, 128) of padded ``inputs``."""
-        if self.fixed_length and inputs.pf_features.shape[2] != self.fixed_length:
-            raise ModelOutputError(f"{self.path}: the model needs {self.fixed_length} particle "
-                                   f"slots, the inputs have {inputs.pf_features.shape[2]}")
-        n_jets = len(inputs)
-        result = np.empty((n_jets, N_OUTPUTS), dtype=np.float32)
-        for jets, length in self._buckets(inputs.multiplicity):
-            result[jets] = self.run(JetInputs(
-                inputs.pf_features[jets, :, :length], inputs.pf_vectors[jets, :, :length],
-                inputs.pf_mask[jets, :, :length], inputs.multiplicity[jets]))
-        return result[:, :N_CLASSES_OUT], result[:, N_CLASSES_OUT:]
-
-    def score_ragged(self, inputs: RaggedInputs) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, 188) and latents (N, 128) of flat per-particle inputs."""
-        n_jets = len(inputs)
-        result = np.empty((n_jets, N_OUTPUTS), dtype=np.float32)
-        for jets, length in self._buckets(inputs.multiplicity):
-            result[jets] = self.run(inputs.padded(jets, length))
-        return result[:, :N_CLASSES_OUT], result[:, N_CLASSES_OUT:]
-
-    def _buckets(self, multiplicity: np.ndarray):
-        """(jet indices, padded length) per batch: jets sorted by multiplicity, each batch padded
-        to its longest jet (or to the file's fixed length)."""
-        order = np.argsort(multiplicity, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            jets = order[start:start + self.batch_size]
-            yield jets, self.fixed_length or max(int(multiplicity[jets].max(initial=1)), 1)

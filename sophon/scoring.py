@@ -1,13 +1,11 @@
-"""Score JetClass-II files with a Sophon model and write a :mod:`sophon.store` dataset.
+"""Score JetClass-II files, or rescore a dataset, with a Sophon model into a :mod:`sophon.store`
+dataset.
 
-Two scorers share one interface (:class:`Scorer`): :class:`TorchScorer` runs a
-:class:`~sophon.model.SophonModel` checkpoint, :class:`~sophon.export.OnnxScorer` any ONNX file in the
-published layout. The torch scorer is the fast path: jets are sorted by constituent multiplicity and
-batched so that each batch is padded only to its longest jet (JetClass-II jets fill ~45-60 of the 128
-slots, and the attention cost grows with the square of the length), padding is built on the device
-from flat particle arrays, and on CUDA the matrix products run under bf16 autocast (optionally
-``torch.compile``). Masked padding contributes nothing, so trimming changes no result beyond float
-rounding.
+The scorers themselves (:class:`~sophon.scorers.TorchScorer`, :class:`~sophon.scorers.OnnxScorer`,
+:func:`~sophon.scorers.load_scorer`) live in :mod:`sophon.scorers`; this module reads the inputs a
+chunk at a time, featurises them, scores them and writes the dataset: :func:`score_files` (the
+``sophon score`` command) from JetClass-II parquet files, :func:`rescore_dataset` (the app's
+rescoring) from a dataset that stores constituents.
 
 Command line::
 
@@ -23,35 +21,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from sophon.export import N_OUTPUTS, ModelOutputError, OnnxScorer
-from sophon.features import (MAX_PARTICLES, REQUIRED_COLUMNS, JetInputs, MissingColumnError,
-                             RaggedInputs, ragged_inputs)
-from sophon.labels import N_CLASSES
-from sophon.model import SophonModel, file_digest, load_checkpoint
-from sophon.store import JET_COLUMNS, LATENT_DIM, DatasetMetadata, write_dataset
+from sophon.features import REQUIRED_COLUMNS, MissingColumnError, RaggedInputs, ragged_inputs
+# The scorer family lives in sophon.scorers; these names stay importable from here too
+# (sophon.training and the benchmarks import resolve_device, resolve_precision, cpu_has_bf16).
+from sophon.scorers import (OnnxScorer, Scorer, TorchScorer, cpu_has_bf16,  # noqa: F401
+                            load_scorer, resolve_device, resolve_precision)
+from sophon.store import (JET_COLUMNS, LATENT_DIM, SCORE_COLUMNS, SCORE_HEAD_KEY,
+                          DatasetMetadata, JetDataset, read_metadata, write_dataset)
 
 __all__ = [
     "OPTIONAL_JET_COLUMNS",
-    "Scorer",
-    "TorchScorer",
-    "OnnxScorer",
-    "resolve_device",
-    "resolve_precision",
-    "load_scorer",
     "score_table",
     "score_files",
+    "rescore_dataset",
     "part_path",
     "register_cli",
 ]
@@ -59,206 +50,8 @@ __all__ = [
 T = TypeVar("T")
 # Per-jet columns copied to the dataset when an input has them (truth label, SM-sample bookkeeping).
 OPTIONAL_JET_COLUMNS: tuple[str, ...] = ("jet_label", "event_id", "jet_rank", "process", "weight")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Jets read and featurised at once from a file: bounds memory, and is the pool sorted into buckets.
 DEFAULT_CHUNK_JETS = 32_768
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """Anything that turns model inputs into (probabilities (N, 188), latents (N, 128)) float32."""
-
-    model_id: str
-    description: str
-
-    def score(self, inputs: JetInputs) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def score_ragged(self, inputs: RaggedInputs) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU. Asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA, fp32 on CPU. fp16 needs CUDA (CPUs lack fast fp16 kernels)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 inference needs --device cuda; use bf16 or fp32 on the CPU")
-    if name == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX) is emulated and "
-                      "about 100x slower than fp32; use --precision fp32 (or auto) here",
-                      RuntimeWarning, stacklevel=2)
-    return PRECISIONS[name]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (oneDNN's own test: AVX512-BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-@dataclass(frozen=True)
-class _SortedParticles:
-    """Flat particles of a chunk reordered so that jets are sorted by multiplicity (on the device).
-
-    Row r of ``features``/``vectors`` belongs to sorted jet ``jet[r]`` at slot ``slot[r]``;
-    the particles of sorted jets [a, b) are rows ``particle_offsets[a]:particle_offsets[b]``.
-    """
-
-    features: torch.Tensor
-    vectors: torch.Tensor
-    jet: torch.Tensor
-    slot: torch.Tensor
-    counts: torch.Tensor
-    particle_offsets: np.ndarray
-    counts_host: np.ndarray
-
-
-def _sort_particles(inputs: RaggedInputs, order: np.ndarray, device: torch.device) -> _SortedParticles:
-    counts = inputs.multiplicity[order]
-    total = int(counts.sum())
-    sorted_offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(counts, out=sorted_offsets[1:])
-    jet = np.repeat(np.arange(len(order), dtype=np.int64), counts)
-    slot = np.arange(total, dtype=np.int64) - np.repeat(sorted_offsets[:-1], counts)
-    source = np.repeat(inputs.offsets[:-1][order], counts) + slot
-    pinned = device.type == "cuda"
-
-    def to_device(array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if pinned:
-            tensor = tensor.pin_memory()
-        return tensor.to(device, non_blocking=True)
-
-    return _SortedParticles(
-        features=to_device(inputs.features[source]), vectors=to_device(inputs.vectors[source]),
-        jet=to_device(jet), slot=to_device(slot), counts=to_device(counts),
-        particle_offsets=sorted_offsets, counts_host=counts)
-
-
-def _padded_batch(particles: _SortedParticles, start: int, stop: int,
-                  length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Model inputs (n, 17, L), (n, 4, L), (n, 1, L) of sorted jets [start, stop), zero-padded."""
-    n_jets = stop - start
-    first, last = int(particles.particle_offsets[start]), int(particles.particle_offsets[stop])
-    destination = (particles.jet[first:last] - start) * length + particles.slot[first:last]
-    device = particles.features.device
-    features = torch.zeros(n_jets * length, particles.features.shape[1], device=device)
-    vectors = torch.zeros(n_jets * length, particles.vectors.shape[1], device=device)
-    features[destination] = particles.features[first:last]
-    vectors[destination] = particles.vectors[first:last]
-    slots = torch.arange(length, device=device)
-    mask = (slots[None, :] < particles.counts[start:stop, None]).to(torch.float32).unsqueeze(1)
-    # Channel-major views of particle-major buffers: the layout the model's first layers want.
-    return (features.view(n_jets, length, -1).transpose(1, 2),
-            vectors.view(n_jets, length, -1).transpose(1, 2), mask)
-
-
-class TorchScorer:
-    """Scores jets with a :class:`SophonModel` on CPU or CUDA, bucketed by multiplicity.
-
-    ``precision``: fp32, or bf16/fp16 autocast for the matrix products (probabilities stay within
-    ~1e-3 of fp32). ``batch_size``: jets per forward pass. ``length_quantum``: each batch's padded
-    length is rounded up to a multiple of it (fewer distinct shapes for ``torch.compile`` and the CUDA
-    kernels; 1 on the CPU, where every extra slot costs). ``compile``: wrap the model in
-    ``torch.compile`` (dynamic shapes).
-    """
-
-    def __init__(self, model: SophonModel, *, device: str | torch.device = "auto",
-                 precision: str = "auto", batch_size: int | None = None,
-                 length_quantum: int | None = None, compile: bool = False, model_id: str = "",
-                 threads: int | None = None):
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        if model.config.num_classes != N_CLASSES or model.config.embed_dim != LATENT_DIM:
-            raise ModelOutputError(
-                f"the model outputs {model.config.num_classes} probabilities and a "
-                f"{model.config.embed_dim}-d latent ({model.config.num_classes + model.config.embed_dim}"
-                f" numbers per jet); a Sophon dataset needs {N_CLASSES} + {LATENT_DIM} = {N_OUTPUTS}")
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = model.eval().to(self.device)
-        cuda = self.device.type == "cuda"
-        self.batch_size = int(batch_size or (2048 if cuda else 32))
-        self.length_quantum = int(length_quantum or (8 if cuda or compile else 1))
-        self.forward = torch.compile(self.model, dynamic=True) if compile else self.model
-        self.model_id = model_id
-        self.description = (f"torch {self.device.type} {str(self.dtype).removeprefix('torch.')}"
-                            f"{' compiled' if compile else ''}")
-
-    def _padded_length(self, longest: int) -> int:
-        quantum = self.length_quantum
-        return min(max(-(-longest // quantum) * quantum, 1), max(longest, MAX_PARTICLES))
-
-    @torch.inference_mode()
-    def score_ragged(self, inputs: RaggedInputs) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N, 188) and latents (N, 128) float32 of flat per-particle inputs."""
-        n_jets = len(inputs)
-        order = np.argsort(inputs.multiplicity, kind="stable")
-        particles = _sort_particles(inputs, order, self.device)
-        outputs = torch.empty(n_jets, N_OUTPUTS, dtype=torch.float32, device=self.device)
-        autocast = self.dtype != torch.float32
-        for start in range(0, n_jets, self.batch_size):
-            stop = min(start + self.batch_size, n_jets)
-            length = self._padded_length(int(particles.counts_host[stop - 1]))  # sorted: last longest
-            features, vectors, mask = _padded_batch(particles, start, stop, length)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-                probabilities, latent = self.forward(features, vectors, mask)
-            outputs[start:stop, :N_CLASSES] = probabilities.float()
-            outputs[start:stop, N_CLASSES:] = latent.float()
-        result = np.empty((n_jets, N_OUTPUTS), dtype=np.float32)
-        result[order] = outputs.cpu().numpy()
-        return result[:, :N_CLASSES], result[:, N_CLASSES:]
-
-    def score(self, inputs: JetInputs) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and latents of already padded inputs (N, C, L)."""
-        counts = np.asarray(inputs.multiplicity, dtype=np.int64)
-        slots = np.arange(inputs.pf_features.shape[2])
-        real = slots[None, :] < counts[:, None]
-        offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        ragged = RaggedInputs(features=inputs.pf_features.transpose(0, 2, 1)[real],
-                              vectors=inputs.pf_vectors.transpose(0, 2, 1)[real], offsets=offsets,
-                              max_particles=inputs.pf_features.shape[2])
-        return self.score_ragged(ragged)
-
-
-def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
-                batch_size: int | None = None, compile: bool = False,
-                threads: int | None = None) -> Scorer:
-    """A scorer for a model file: ``.onnx`` -> onnxruntime, anything else -> torch checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    model_id = f"{path.name}@sha256:{file_digest(path)}"
-    if path.suffix.lower() == ".onnx":
-        resolved = resolve_device(device)
-        if precision not in ("auto", "fp32"):
-            raise ValueError(f"{path}: an ONNX model runs in the precision it was exported in; "
-                             "use --precision fp32 or auto")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if resolved.type == "cuda"
-                     else ["CPUExecutionProvider"])
-        return OnnxScorer(path, batch_size=batch_size or 64, threads=threads, providers=providers,
-                          model_id=model_id)
-    try:
-        model = load_checkpoint(path)
-    except Exception as error:  # torch.load and strict loading raise many types; name the file
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelOutputError(f"{path}: not a loadable Sophon/ParticleTransformer checkpoint "
-                               f"({first_line})") from None
-    return TorchScorer(model, device=device, precision=precision, batch_size=batch_size,
-                       compile=compile, model_id=model_id, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -314,8 +107,7 @@ def _existing_part_state(part: Path, source: Path, rows: int, model_id: str) -> 
         return "missing"
     try:
         parquet = pq.ParquetFile(part)
-        raw = (parquet.schema_arrow.metadata or {}).get(b"sophon")
-        metadata = DatasetMetadata.from_json(raw) if raw else None
+        metadata = read_metadata(parquet.schema_arrow, source=str(part))
     except (OSError, pa.ArrowException, ValueError):
         return "missing"
     if metadata is None or parquet.metadata.num_rows != rows:
@@ -330,13 +122,11 @@ def _existing_part_state(part: Path, source: Path, rows: int, model_id: str) -> 
 
 
 def _input_metadata_luminosity(schema: pa.Schema) -> float | None:
-    raw = (schema.metadata or {}).get(b"sophon")
-    if not raw:
-        return None
     try:
-        return DatasetMetadata.from_json(raw).luminosity_fb
+        metadata = read_metadata(schema)
     except ValueError:
         return None
+    return None if metadata is None else metadata.luminosity_fb
 
 
 def _featurised_chunks(parquet: pq.ParquetFile, columns: list[str], chunk_jets: int,
@@ -436,6 +226,59 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
             write_dataset(part, jets, scores=np.concatenate(scores), latents=np.concatenate(latents),
                           metadata=metadata)
     return parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rescoring a dataset
+
+
+def rescore_dataset(dataset: JetDataset, output: str | os.PathLike, scorer: Scorer, *,
+                    chunk_jets: int = 4096, progress: Callable[[int, int], None] | None = None,
+                    cancelled: Callable[[], bool] | None = None) -> int | None:
+    """Rescore the jets of ``dataset`` that carry constituents and write the result to ``output``
+    (one file, atomically): the dataset's jet columns, the new scores and latents, its metadata
+    with the scorer's model id (and no score head: the file stores its own scores).
+
+    Jets without a constituent keep their scores (and latents, zero when the dataset has none).
+    The constituents are read ``chunk_jets`` at a time; after each chunk ``progress(jets read,
+    jets rescored)`` is called, and ``cancelled()`` is asked before each: when it is true nothing
+    is written and None comes back. Returns the number of jets rescored.
+    """
+    if not all(dataset.has(c) for c in REQUIRED_COLUMNS):
+        raise ValueError(f"{dataset.path}: no constituent columns to rescore")
+    scores = np.array(dataset.scores, dtype=np.float32, order="C")
+    latents = (np.array(dataset.latents, dtype=np.float32) if dataset.has("latent")
+               else np.zeros((dataset.n_jets, LATENT_DIM), dtype=np.float32))
+    offset = rescored = 0
+    for file in dataset.files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_jets,
+                                                       columns=list(REQUIRED_COLUMNS)):
+            if cancelled is not None and cancelled():
+                return None
+            ragged = ragged_inputs(batch, source_name=str(file))
+            keep = ragged.multiplicity > 0
+            if keep.any():
+                offsets = np.append(ragged.offsets[:-1][keep], ragged.offsets[-1])
+                subset = RaggedInputs(ragged.features, ragged.vectors, offsets,
+                                      ragged.max_particles)
+                probabilities, latent = scorer.score_ragged(subset)
+                rows = offset + np.flatnonzero(keep)
+                scores[rows] = probabilities
+                latents[rows] = latent
+                rescored += int(keep.sum())
+            offset += batch.num_rows
+            if progress is not None:
+                progress(offset, rescored)
+    kept = [c for c in dataset.columns if c not in set(SCORE_COLUMNS) and c != "latent"]
+    table = pa.concat_tables([pq.read_table(f, columns=kept) for f in dataset.files])
+    jets = {name: table.column(name).combine_chunks() for name in kept}
+    extra = {k: v for k, v in dataset.metadata.extra.items() if not k.startswith(SCORE_HEAD_KEY)}
+    metadata = DatasetMetadata(
+        luminosity_fb=dataset.metadata.luminosity_fb, model_id=scorer.model_id,
+        extra={**extra, "rescored_from": str(dataset.path), "rescored_jets": rescored,
+               "scorer": scorer.description})
+    write_dataset(output, jets, scores=scores, latents=latents, metadata=metadata)
+    return rescored
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -27,7 +27,13 @@ A dataset without a ``weight`` column is unweighted (every jet counts 1).
 followed by a softmax), so a compact dataset may store only ``latent`` and name the checkpoint in
 its metadata (``extra["score_head"]``: a path relative to the file's folder, which must stay inside
 the folder that holds the dataset, e.g. ``../models/model.pt``). The scores are then computed
-once, when first asked for, and cached. A file that has score columns uses them.
+once, when first asked for, and cached. A file that has score columns uses them. The store does
+not import the network: turning latents into scores is a *score-head loader*, a callable from
+the checkpoint's path to a function (N, 128) float32 latents -> (N, 188) probabilities. A
+dataset uses the one given as ``JetDataset(path, score_head_loader=...)``, else the one
+registered with :func:`set_score_head_loader`, else :func:`default_score_head_loader`, which
+imports :mod:`sophon.model` (torch) only when a compact dataset's scores are first asked for,
+by name through :mod:`importlib`, so that the store sits below the model in the import graph.
 
 *Latent codes.* A compact file may store ``latent`` as fixed_size_list<uint8>[128], codes of a
 per-dimension linear quantisation named in its metadata (``extra["latent_codes"]``: ``offset``
@@ -37,9 +43,10 @@ and ``step``, 128 floats each): latent = offset + step x code, decoded when read
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -49,7 +56,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sophon.atomic import atomic_output
+from sophon.atomic import DATASET_METADATA_KEY, write_table_atomic
 from sophon.labels import LABELS, N_CLASSES
 
 __all__ = [
@@ -63,6 +70,11 @@ __all__ = [
     "decode_latents",
     "DatasetError",
     "DatasetMetadata",
+    "read_metadata",
+    "ScoreHead",
+    "ScoreHeadLoader",
+    "set_score_head_loader",
+    "default_score_head_loader",
     "JetDataset",
     "write_dataset",
     "write_table_atomic",
@@ -77,7 +89,7 @@ JET_COLUMNS: tuple[str, ...] = (
     "jet_pt", "jet_eta", "jet_phi", "jet_energy", "jet_sdmass", "jet_nparticles",
     "jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4",
 )
-METADATA_KEY = b"sophon"
+METADATA_KEY = DATASET_METADATA_KEY  # b"sophon", shared with every writer (sophon.atomic)
 SCORE_HEAD_KEY = "score_head"  # DatasetMetadata.extra: checkpoint whose head gives the scores
 LATENT_CODES_KEY = "latent_codes"  # DatasetMetadata.extra: offset and step of uint8 latent codes
 # float32 probabilities summed over 188 classes: rounding alone stays well below this.
@@ -118,14 +130,45 @@ class DatasetMetadata:
             raise DatasetError(f"{source}: unreadable 'sophon' metadata ({error})") from None
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike, **parquet_options) -> Path:
-    """Write ``table`` to ``path`` through a temporary file in the same folder, then rename.
+def read_metadata(schema: pa.Schema, *, source: str = "") -> DatasetMetadata | None:
+    """The :class:`DatasetMetadata` stored in ``schema``'s key-value metadata under
+    :data:`~sophon.atomic.DATASET_METADATA_KEY`, or None when there is none; DatasetError when
+    it is unreadable."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        return DatasetMetadata.from_json(raw, source=source)
+    except (OverflowError, RecursionError, MemoryError) as error:
+        raise DatasetError(f"{source}: unreadable 'sophon' metadata ({type(error).__name__})") \
+            from None
 
-    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
-    """
-    with atomic_output(path) as temporary:
-        pq.write_table(table, temporary, compression="zstd", **parquet_options)
-    return Path(path)
+
+#: latents (N, 128) float32 -> probabilities (N, 188) float32
+ScoreHead = Callable[[np.ndarray], np.ndarray]
+#: a checkpoint's path -> its :data:`ScoreHead`
+ScoreHeadLoader = Callable[[Path], ScoreHead]
+_SCORE_HEAD_LOADER: ScoreHeadLoader | None = None
+
+
+def set_score_head_loader(loader: ScoreHeadLoader | None) -> ScoreHeadLoader | None:
+    """Register the process-wide score-head loader (None: back to the default); returns the one
+    it replaces."""
+    global _SCORE_HEAD_LOADER
+    previous, _SCORE_HEAD_LOADER = _SCORE_HEAD_LOADER, loader
+    return previous
+
+
+def default_score_head_loader(path: Path) -> ScoreHead:
+    """The head of the Sophon checkpoint at ``path`` (:func:`sophon.model.load_checkpoint` and
+    :func:`sophon.model.head_probabilities`), imported when first needed."""
+    model_module = importlib.import_module("sophon.model")  # torch: only for compact datasets
+    model = model_module.load_checkpoint(path)
+    if model.config.num_classes != N_CLASSES or model.config.embed_dim != LATENT_DIM:
+        raise DatasetError(f"{path}: the model gives {model.config.num_classes} "
+                           f"classes from {model.config.embed_dim}-d latents; expected "
+                           f"{N_CLASSES} from {LATENT_DIM}")
+    return lambda latents: model_module.head_probabilities(model, latents)
 
 
 def _fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
@@ -238,16 +281,11 @@ def _check_score_columns(file: Path, names: Sequence[str]) -> None:
 
 
 def _file_metadata(file: Path, schema: pa.Schema) -> DatasetMetadata:
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    if not raw:
+    metadata = read_metadata(schema, source=str(file))
+    if metadata is None:
         raise DatasetError(f"{file}: the file has no 'sophon' metadata (the parquet key-value "
                            "entry with the class order, luminosity and model id); write it with "
                            "sophon.store.write_dataset")
-    try:
-        metadata = DatasetMetadata.from_json(raw, source=str(file))
-    except (OverflowError, RecursionError, MemoryError) as error:
-        raise DatasetError(f"{file}: unreadable 'sophon' metadata ({type(error).__name__})") \
-            from None
     luminosity = metadata.luminosity_fb
     if luminosity is not None and (isinstance(luminosity, bool)
                                    or not isinstance(luminosity, (int, float))
@@ -340,8 +378,10 @@ class JetDataset:
     Fortran order so that a class-set sum reads only the columns it needs.
     """
 
-    def __init__(self, path: str | os.PathLike, *, validate: bool = True):
+    def __init__(self, path: str | os.PathLike, *, validate: bool = True,
+                 score_head_loader: ScoreHeadLoader | None = None):
         self.path = Path(path)
+        self._score_head_loader = score_head_loader
         self.files = dataset_files(self.path)
         schemas = [_read_schema(f) for f in self.files]
         self.columns: tuple[str, ...] = tuple(schemas[0].names)
@@ -438,24 +478,21 @@ class JetDataset:
         return matrix
 
     def _head_scores(self) -> np.ndarray:
-        from sophon.model import head_probabilities, load_checkpoint
-
         latents = self.latents
         finite = np.isfinite(latents).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
             raise DatasetError(f"{self.path}: column 'latent' holds a non-finite value at row {row} "
                                "(the scores are computed from it)")
+        loader = self._score_head_loader or _SCORE_HEAD_LOADER or default_score_head_loader
         try:
-            model = load_checkpoint(self.score_head)
+            head = loader(self.score_head)
+        except DatasetError:
+            raise
         except (OSError, RuntimeError, ValueError, KeyError) as error:
             raise DatasetError(f"{self.path}: cannot load the score head {self.score_head} "
                                f"({type(error).__name__}: {error})") from None
-        if model.config.num_classes != N_CLASSES or model.config.embed_dim != LATENT_DIM:
-            raise DatasetError(f"{self.score_head}: the model gives {model.config.num_classes} "
-                               f"classes from {model.config.embed_dim}-d latents; expected "
-                               f"{N_CLASSES} from {LATENT_DIM}")
-        return head_probabilities(model, latents)
+        return head(latents)
 
     @cached_property
     def latents(self) -> np.ndarray:

@@ -98,13 +98,6 @@ def test_models_are_read_only_from_the_models_folder(tmp_path):
     assert state.list_models(models) == ["tiny.onnx"]
 
 
-def test_data_paths_outside_the_configured_folders_are_refused(tmp_path):
-    inside = tmp_path / "data" / "jets.parquet"
-    assert state.resolve_data(inside, [tmp_path / "data"]) == inside.resolve()
-    with pytest.raises(ValueError):
-        state.resolve_data(tmp_path / "elsewhere.parquet", [tmp_path / "data"])
-
-
 # --- the composer ------------------------------------------------------------------------------
 def test_composer_builds_the_discriminant_from_terms_and_weights(explorer):
     composer = ComposerView(explorer)

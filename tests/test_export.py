@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sophon.export import INPUT_NAMES, N_OUTPUTS, OUTPUT_NAME, ModelOutputError, OnnxScorer, export_onnx
+from sophon.export import export_onnx
+from sophon.scorers import INPUT_NAMES, N_OUTPUTS, OUTPUT_NAME, ModelOutputError, OnnxScorer
 from sophon.features import build_inputs, ragged_inputs
 from sophon.model import SophonModel, randomize_weights_, sophon_config
 

@@ -145,7 +145,8 @@ def test_a_different_model_is_refused(tmp_path, model_file):
 
 
 def test_constituents_are_kept_for_a_subset(tmp_path, reference_parquet, model_file):
-    from sophon.scoring import TorchScorer, score_files
+    from sophon.scorers import TorchScorer
+    from sophon.scoring import score_files
 
     checkpoint, model = model_file
     checkpoint = _beside(tmp_path, checkpoint)

@@ -16,7 +16,8 @@ from sophon.export import export_onnx
 from sophon.features import build_inputs, ragged_inputs
 from sophon.labels import LABELS
 from sophon.model import SophonModel, randomize_weights_, save_checkpoint, sophon_config
-from sophon.scoring import TorchScorer, load_scorer, part_path, score_files, score_table
+from sophon.scorers import TorchScorer, load_scorer
+from sophon.scoring import part_path, score_files, score_table
 from sophon.store import JetDataset
 
 

@@ -3,9 +3,10 @@
 Model files are listed from the configured models folder only (:func:`app.state.models_dir`).
 A job runs in a process-wide worker thread (one at a time, so concurrent requests queue instead of
 oversubscribing the CPU; torch and onnxruntime release the GIL, so other sessions stay
-responsive). It reads the constituents a chunk at a time, rescoring only jets with at least one
-particle (the others keep their scores), writes a new dataset to the configured output folder,
-loads it through the shared cache, and the session's views switch to it. The page polls the
+responsive). The work is :func:`sophon.scoring.rescore_dataset`: it reads the constituents a chunk
+at a time, rescoring only jets with at least one particle (the others keep their scores), and
+writes a new dataset to the configured output folder; the job loads it through the shared cache,
+and the session's views switch to it. The page polls the
 job for its progress bar. The same dataset rescored with the same model file is reused.
 
 What a session may start and write is bounded by :mod:`app.limits` (jobs per session and in
@@ -25,15 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import panel as pn
 import param
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sophon.analysis import DatasetAnalysis
-from sophon.store import (LATENT_DIM, SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetMetadata,
-                          write_dataset)
+from sophon.store import LATENT_DIM, SCORE_COLUMNS
 
 from app.limits import Budget, LimitReached, SessionUsage, Ticket, session_usage
 from app.state import (DatasetProblem, data_path, list_models, load_analysis, loaded_paths,
@@ -118,8 +115,7 @@ class RescoreJob:
                 self.budget.close(self.ticket, self.written)
 
     def _run(self) -> None:
-        from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
-        from sophon.scoring import load_scorer
+        from sophon.scoring import load_scorer, rescore_dataset
 
         dataset = self.analysis.dataset
         self.total = dataset.n_jets
@@ -133,39 +129,18 @@ class RescoreJob:
             scorer = load_scorer(self.model, device=self.device,
                                  threads=max(1, (os.cpu_count() or 2) // 2))
             self.message = f"scoring with {scorer.description}"
-            scores = np.array(dataset.scores, dtype=np.float32, order="C")
-            latents = (np.array(dataset.latents, dtype=np.float32) if dataset.has("latent")
-                       else np.zeros((dataset.n_jets, LATENT_DIM), dtype=np.float32))
-            offset = 0
-            for file in dataset.files:
-                for batch in pq.ParquetFile(file).iter_batches(batch_size=CHUNK_JETS,
-                                                               columns=list(REQUIRED_COLUMNS)):
-                    if self.cancel.is_set():
-                        self.state, self.message = "cancelled", "cancelled"
-                        return
-                    ragged = ragged_inputs(batch, source_name=str(file))
-                    keep = ragged.multiplicity > 0
-                    if keep.any():
-                        offsets = np.append(ragged.offsets[:-1][keep], ragged.offsets[-1])
-                        subset = RaggedInputs(ragged.features, ragged.vectors, offsets,
-                                              ragged.max_particles)
-                        probabilities, latent = scorer.score_ragged(subset)
-                        rows = offset + np.flatnonzero(keep)
-                        scores[rows] = probabilities
-                        latents[rows] = latent
-                        self.rescored += int(keep.sum())
-                    offset += batch.num_rows
-                    self.done = offset
-            self.message = "writing the rescored dataset"
-            kept = [c for c in dataset.columns if c not in set(SCORE_COLUMNS) and c != "latent"]
-            table = pa.concat_tables([pq.read_table(f, columns=kept) for f in dataset.files])
-            jets = {name: table.column(name).combine_chunks() for name in kept}
-            metadata = DatasetMetadata(
-                luminosity_fb=dataset.metadata.luminosity_fb, model_id=scorer.model_id,
-                extra={**_without_score_head(dataset.metadata.extra),
-                       "rescored_from": str(dataset.path),
-                       "rescored_jets": self.rescored, "scorer": scorer.description})
-            write_dataset(self.output, jets, scores=scores, latents=latents, metadata=metadata)
+
+            def progress(done: int, rescored: int) -> None:
+                self.done, self.rescored = done, rescored
+                if done == self.total:
+                    self.message = "writing the rescored dataset"
+
+            rescored = rescore_dataset(dataset, self.output, scorer, chunk_jets=CHUNK_JETS,
+                                       progress=progress, cancelled=self.cancel.is_set)
+            if rescored is None:
+                self.state, self.message = "cancelled", "cancelled"
+                return
+            self.rescored = rescored
             self.written = self.output.stat().st_size
         self.done = self.total
         self.message = "loading the rescored dataset"
@@ -176,11 +151,6 @@ class RescoreJob:
         self.state = "done"
         self.message = (f"rescored {self.rescored:,} jets in {time.time() - self.started:.1f} s"
                         if self.rescored else "loaded the earlier rescoring")
-
-
-def _without_score_head(extra: dict) -> dict:
-    """Dataset metadata minus the score-head fields: a rescored file stores its own scores."""
-    return {k: v for k, v in extra.items() if not k.startswith(SCORE_HEAD_KEY)}
 
 
 def output_path(analysis: DatasetAnalysis, model: Path) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sophon import store
+from sophon import atomic
 
 __all__ = ["JETCLASS_SCHEMA", "SM_FIELDS", "SM_SCHEMA", "METADATA_KEY", "build_table",
            "write_table_atomic", "with_metadata", "read_generation_metadata"]
@@ -102,7 +102,7 @@ def with_metadata(table: pa.Table, generation: dict, *, luminosity_fb: float | N
     if luminosity_fb is not None:
         metadata[b"luminosity_fb"] = repr(float(luminosity_fb)).encode()
         # The key the scored-dataset store (sophon.store.DatasetMetadata) reads the luminosity from.
-        metadata[b"sophon"] = json.dumps({"luminosity_fb": float(luminosity_fb)}).encode()
+        metadata[atomic.DATASET_METADATA_KEY] = json.dumps({"luminosity_fb": float(luminosity_fb)}).encode()
     return table.replace_schema_metadata(metadata)
 
 
@@ -118,5 +118,5 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike, *,
                        row_group_size: int = 20_000) -> Path:
     """Write through a temporary file in the target folder, then rename over ``path``."""
     # list items named "item", as in JetClass-II
-    return store.write_table_atomic(table, path, row_group_size=row_group_size,
-                                    use_compliant_nested_type=False)
+    return atomic.write_table_atomic(table, path, row_group_size=row_group_size,
+                                     use_compliant_nested_type=False)
