@@ -262,9 +262,6 @@ class Explorer(param.Parameterized):
         return (low, high)
 
     # --- actions --------------------------------------------------------------------------
-    def set_discriminant(self, discriminant: Discriminant) -> None:
-        self.discriminant = discriminant
-
     def latent_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
         dataset = self.dataset
         return dataset.column("umap_x"), dataset.column("umap_y")

@@ -2,9 +2,10 @@
 
 The 1-D plots (spectra, stacks, significance) are plain Bokeh figures fed by ColumnDataSources:
 a view builds its figure once and then only replaces the sources' data, which costs about a
-millisecond (a HoloViews overlay of ten curves costs tens). A figure is rebuilt only when its
-y axis changes between log and linear, which Bokeh cannot do in place. The bokeh save tool in
-each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``.
+millisecond (a HoloViews overlay of ten curves costs tens). Log and linear y axes are switched in
+place (:func:`set_log_y`: scale, ticker and tick labels). A figure is rebuilt only when the save
+tool's format changes, since Bokeh fixes a figure's output backend when it is drawn; the save
+tool in each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``.
 """
 
 from __future__ import annotations

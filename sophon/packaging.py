@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sophon.atomic import DATASET_METADATA_KEY
 from sophon.discriminant import PRESETS, Discriminant, Term
 from sophon.features import REQUIRED_COLUMNS
 from sophon.labels import mask as class_mask
@@ -254,7 +255,7 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     extra.pop("source_file", None)
     metadata = DatasetMetadata(luminosity_fb=dataset.metadata.luminosity_fb,
                                model_id=dataset.metadata.model_id, extra=extra)
-    table = table.replace_schema_metadata({b"sophon": metadata.to_json()})
+    table = table.replace_schema_metadata({DATASET_METADATA_KEY: metadata.to_json()})
     output.parent.mkdir(parents=True, exist_ok=True)
     write_table_atomic(table, output, compression_level=19, row_group_size=16384)
     report = PackReport(output, table.num_rows, chosen, output.stat().st_size, difference)
