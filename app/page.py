@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from pathlib import Path
 
 import panel as pn
@@ -22,6 +23,19 @@ __all__ = ["SophonApp", "TAB_NAMES"]
 
 TAB_NAMES = ("Spectrum", "Significance", "Events", "Latent space", "Rescoring")
 TITLE = "Sophon Explorer"
+log = logging.getLogger("sophon.app")
+
+
+def _open(path: str | Path) -> Explorer:
+    """The explorer on ``path``; any failure in its first computations (the first scan of the
+    default discriminant) is the page's dataset problem too, never a blank page."""
+    try:
+        return Explorer.from_path(path)
+    except Exception as error:
+        log.exception("cannot open the explorer on %s", path)
+        text = " ".join(str(error).split())[:500]
+        return Explorer(problem=f"{path}: the first computation on the dataset failed "
+                                f"({type(error).__name__}: {text})")
 
 
 class SophonApp(pn.viewable.Viewer):
@@ -33,7 +47,7 @@ class SophonApp(pn.viewable.Viewer):
     def __init__(self, explorer: Explorer | None = None, *, data: str | Path | None = None,
                  **params):
         if explorer is None:
-            explorer = Explorer.from_path(data if data is not None else data_path())
+            explorer = _open(data if data is not None else data_path())
         super().__init__(explorer=explorer, **params)
         self.composer = ComposerView(explorer)
         self.header = pn.pane.HTML(self._header(), sizing_mode="stretch_width",

@@ -170,9 +170,11 @@ def load_analysis(path: str | os.PathLike) -> DatasetAnalysis | DatasetProblem:
             warm_up(analysis)
         except (DatasetError, ManifestError) as error:
             return DatasetProblem(Path(path), str(error))
-        except (OSError, ValueError, KeyError, MemoryError) as error:
+        except Exception as error:  # anything else in opening or first use: still a page
             log.exception("cannot open dataset %s", path)
-            return DatasetProblem(Path(path), f"{path}: {type(error).__name__}: {error}")
+            text = " ".join(str(error).split())[:500]
+            return DatasetProblem(Path(path), f"{path}: cannot be opened "
+                                              f"({type(error).__name__}: {text})")
         with _LOCK:
             _ANALYSES[key] = analysis
             _LOAD_SECONDS[key] = time.perf_counter() - start

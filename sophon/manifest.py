@@ -1,25 +1,39 @@
 """``data_manifest.yaml``: every shipped dataset and model with its size, sha256 and provenance.
 
 Loading a shipped file through :func:`verify` checks that it is there and unaltered, and says
-clearly which file is missing or changed and how it was produced.
+clearly which file is missing or changed and how it was produced. :func:`verify_listed` is the
+store's check (:class:`sophon.store.JetDataset` runs it on every file it opens): a file the manifest
+lists is verified, anything else passes. A file's digest is computed once per process for each
+(path, inode, size, mtime): a file modified less than :data:`RACY_SECONDS` ago is hashed again on
+every load, since a same-size change within the file system's timestamp granularity would keep
+the same mtime.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 __all__ = ["ManifestError", "ManifestEntry", "load_manifest", "sha256_file", "verify",
-           "verify_path", "REPOSITORY_ROOT", "DEFAULT_MANIFEST", "DEFAULT_DATASET"]
+           "verify_path", "verify_listed", "REPOSITORY_ROOT", "DEFAULT_MANIFEST", "DEFAULT_DATASET"]
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = REPOSITORY_ROOT / "data_manifest.yaml"
 # the embedded default dataset: the scored SM collision sample the app opens unless told otherwise
 DEFAULT_DATASET = REPOSITORY_ROOT / "data" / "default"
+# A file modified more recently than this is not trusted from the digest cache (see the docstring).
+RACY_SECONDS = 2.0
+_LOCK = threading.Lock()
+# (resolved file, inode, size, mtime_ns, expected sha256) of files whose digest matched
+_VERIFIED: set[tuple] = set()
+# manifest path -> ((size, mtime_ns), entries)
+_MANIFESTS: dict[Path, tuple[tuple[int, int], list]] = {}
 
 
 class ManifestError(ValueError):
@@ -77,15 +91,59 @@ def verify(entry: ManifestEntry, root: str | os.PathLike = REPOSITORY_ROOT) -> P
     if not file.is_file():
         raise ManifestError(f"{entry.path}: listed in data_manifest.yaml as {entry.name!r} but "
                             f"missing{made_by}")
-    size = file.stat().st_size
-    if size != entry.size:
-        raise ManifestError(f"{entry.path}: altered: {size} bytes, the manifest says {entry.size}"
-                            f"{made_by}")
+    status = file.stat()
+    if status.st_size != entry.size:
+        raise ManifestError(f"{entry.path}: altered: {status.st_size} bytes, the manifest says "
+                            f"{entry.size}{made_by}")
+    key = (file.resolve(), status.st_ino, status.st_size, status.st_mtime_ns, entry.sha256)
+    with _LOCK:
+        if key in _VERIFIED:
+            return file
     digest = sha256_file(file)
     if digest != entry.sha256:
         raise ManifestError(f"{entry.path}: altered: sha256 {digest[:12]}..., the manifest says "
                             f"{entry.sha256[:12]}...{made_by}")
+    if time.time() - status.st_mtime_ns / 1e9 > RACY_SECONDS:
+        with _LOCK:
+            _VERIFIED.add(key)
     return file
+
+
+def _cached_manifest(manifest: Path) -> list[ManifestEntry]:
+    try:
+        status = manifest.stat()
+    except OSError:
+        return load_manifest(manifest)  # says why it cannot be read
+    stamp = (status.st_size, status.st_mtime_ns)
+    with _LOCK:
+        cached = _MANIFESTS.get(manifest)
+    if cached is not None and cached[0] == stamp and time.time() - stamp[1] / 1e9 > RACY_SECONDS:
+        return cached[1]
+    entries = load_manifest(manifest)
+    with _LOCK:
+        _MANIFESTS[manifest] = (stamp, entries)
+    return entries
+
+
+def verify_listed(path: str | os.PathLike, manifest: str | os.PathLike | None = None,
+                  root: str | os.PathLike | None = None) -> bool:
+    """Verify ``path`` if the manifest lists it (by its resolved path under ``root``'s ``data/``
+    folder); True when it was verified, False when the manifest does not list it (a user's own
+    file). ManifestError names the file and the expected and actual size or digest.
+
+    ``manifest`` and ``root`` default to the repository's, read when called (so a test may point
+    them at a temporary manifest). Cheap: a file outside ``root/data`` reads no manifest, and a
+    listed file is hashed once per (path, inode, size, mtime)."""
+    root = Path(REPOSITORY_ROOT if root is None else root).resolve()
+    manifest = Path(DEFAULT_MANIFEST if manifest is None else manifest)
+    target = Path(path).resolve()
+    if root / "data" not in target.parents:
+        return False
+    for entry in _cached_manifest(manifest):
+        if (root / entry.path).resolve() == target:
+            verify(entry, root)
+            return True
+    return False
 
 
 def verify_path(path: str | os.PathLike, manifest: str | os.PathLike = DEFAULT_MANIFEST,

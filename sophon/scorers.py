@@ -53,6 +53,10 @@ N_OUTPUTS = N_CLASSES + LATENT_DIM  # 316 numbers per jet: 188 probabilities, th
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# Longest model-loading error shown (a strict load of a wrong-shape file lists every tensor).
+MAX_ERROR_CHARACTERS = 20_000
+
+
 class ModelOutputError(ValueError):
     """A model file whose inputs or outputs do not follow the published Sophon layout."""
 
@@ -331,8 +335,12 @@ def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str
     try:
         model = load_checkpoint(path)
     except Exception as error:  # torch.load and strict loading raise many types; name the file
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        # every line: a strict load lists each missing key and each size mismatch on its own
+        lines = [" ".join(line.split()) for line in str(error).strip().splitlines()]
+        detail = " ".join(line for line in lines if line) or type(error).__name__
+        if len(detail) > MAX_ERROR_CHARACTERS:
+            detail = detail[:MAX_ERROR_CHARACTERS - 1] + "…"
         raise ModelOutputError(f"{path}: not a loadable Sophon/ParticleTransformer checkpoint "
-                               f"({first_line})") from None
+                               f"({detail})") from None
     return TorchScorer(model, device=device, precision=precision, batch_size=batch_size,
                        compile=compile, model_id=model_id, threads=threads)

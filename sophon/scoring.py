@@ -14,13 +14,23 @@ Command line::
 
 writes ``DATASET/part-<input stem>.parquet`` per input (atomically), skipping inputs whose part is
 already complete, so an interrupted run resumes where it stopped.
+
+Hostile or broken input stops the run with a message and exit code 2, before anything is
+written for that input: an output folder that cannot be created or written to (checked before
+any jet is scored), a jet with a non-finite constituent or jet input (the message names the
+file, the jet's row and the column), a model that gives a non-finite score or latent (the file
+and the row). SIGTERM and SIGINT stop the run cleanly: the part being written is removed, parts
+already complete are kept (a rerun resumes), and the exit code is 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +38,7 @@ from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sophon.features import REQUIRED_COLUMNS, MissingColumnError, RaggedInputs, ragged_inputs
@@ -79,6 +90,66 @@ def _check_constituents(inputs: RaggedInputs, source: str, first_row: int = 0) -
                          f"({len(empty)} such jets); the model needs at least one particle per jet")
 
 
+def _check_finite_inputs(batch: pa.RecordBatch | pa.Table, source: str, first_row: int = 0) -> None:
+    """Every model input of every jet is a finite number; else a ValueError naming the jet's row,
+    the column and the value. The run stops there: a part without that jet would silently
+    drop it, and the model would give it NaN scores."""
+    for name in REQUIRED_COLUMNS:
+        if name not in batch.schema.names:
+            continue
+        column = _as_array(batch.column(name))
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            values, parents = pc.list_flatten(column), pc.list_parent_indices(column)
+        else:
+            values, parents = column, None
+        if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+            continue  # ragged_inputs names columns of the wrong type
+        numbers = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            position = int(np.argmax(bad))
+            row = int(parents.to_numpy()[position]) if parents is not None else position
+            where = ""
+            if parents is not None:
+                offsets = column.offsets.to_numpy()
+                where = f"particle {position - int(offsets[row] - offsets[0])} of the jet; "
+            raise ValueError(f"{source}: jet at row {first_row + row} has a non-finite value "
+                             f"({numbers[position]}) in column {name!r} ({where}"
+                             f"{int(bad.sum())} such value(s) in rows {first_row} to "
+                             f"{first_row + len(column) - 1}); stopped, no part written for this "
+                             "input: drop or fix the jet and rerun")
+
+
+def _check_finite_outputs(probabilities: np.ndarray, latents: np.ndarray, source: str,
+                          first_row: int = 0) -> None:
+    """The model's scores and latents are finite for every jet; else a ValueError naming the
+    file and the jet's row."""
+    for what, values in (("score", probabilities), ("latent", latents)):
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            raise ValueError(f"{source}: the model gave a non-finite {what} for the jet at row "
+                             f"{first_row + row} ({int((~finite).sum())} such jet(s)); stopped, "
+                             "no part written for this input")
+
+
+def check_output_folder(output: Path) -> None:
+    """The output dataset folder exists (created if needed) and a file can be written in it;
+    else a ValueError naming it (checked before scoring, so a run does not fail at the end)."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output}: exists and is not a directory (the dataset is a directory "
+                         "of parts)")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=".sophon-write-check.", dir=output)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"{output}: cannot write the output dataset there ({reason}); choose "
+                         "another -o folder") from None
+
+
 def score_table(table: pa.Table | pa.RecordBatch, scorer: Scorer, *,
                 source_name: str = "table") -> tuple[dict[str, pa.Array], np.ndarray, np.ndarray]:
     """Score an in-memory JetClass-II table: (jet columns to keep, probabilities, latents)."""
@@ -87,7 +158,9 @@ def score_table(table: pa.Table | pa.RecordBatch, scorer: Scorer, *,
         raise ValueError(f"{source_name}: holds no jets")
     inputs = ragged_inputs(table, source_name=source_name)
     _check_constituents(inputs, source_name)
+    _check_finite_inputs(table, source_name)
     probabilities, latents = scorer.score_ragged(inputs)
+    _check_finite_outputs(probabilities, latents, source_name)
     jets = {name: _as_array(table.column(name)) for name in _carried_columns(table.schema.names)}
     return jets, probabilities, latents
 
@@ -163,7 +236,8 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
     sources = [Path(p) for p in inputs]
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"{output}: exists and is not a directory (the dataset is a directory of parts)")
+        raise ValueError(f"{output}: exists and is not a directory (the dataset is a directory "
+                         "of parts)")
     seen: dict[str, Path] = {}
     for source in sources:
         if not source.is_file():
@@ -183,6 +257,7 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
         if parquet.metadata.num_rows == 0:
             raise ValueError(f"{source}: holds no jets (empty file)")
         files.append((source, parquet))
+    check_output_folder(output)
 
     parts: list[Path] = []
     todo: list[tuple[Path, pq.ParquetFile, Path]] = []
@@ -209,7 +284,9 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
             chunks = _featurised_chunks(parquet, columns, chunk_jets, str(source))
             for batch, ragged in (_prefetched(chunks) if prefetch else chunks):
                 _check_constituents(ragged, str(source), first_row)
+                _check_finite_inputs(batch, str(source), first_row)
                 probabilities, latent = scorer.score_ragged(ragged)
+                _check_finite_outputs(probabilities, latent, str(source), first_row)
                 scores.append(probabilities)
                 latents.append(latent)
                 for name in kept:
@@ -292,7 +369,37 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT during ``sophon score`` (a BaseException, so that no ``except
+    Exception`` keeps the run going); every ``finally`` runs, so no temporary part is left."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
 def _main(args: argparse.Namespace) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _score(args)
+    previous = {signum: signal.signal(signum, _interrupt)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _score(args)
+    except Interrupted as interruption:
+        name = signal.Signals(interruption.signum).name
+        print(f"sophon score: stopped by {name}; the part being written was removed, complete "
+              "parts are kept (rerun the same command to resume)", file=sys.stderr)
+        return 128 + interruption.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _score(args: argparse.Namespace) -> int:
     scorer = load_scorer(args.model, device=args.device, precision=args.precision,
                          batch_size=args.batch_size, compile=args.compile, threads=args.threads)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))

@@ -10,7 +10,7 @@ jet_eta, jet_phi     float32
 jet_sdmass           float32                         soft-drop mass, GeV
 jet_nparticles       int32
 jet_tau1..jet_tau4   float32                         N-subjettiness
-jet_label            int32 (optional)                true JetClass-II class index, when known
+jet_label            int32 (optional)                true JetClass-II class index (-1: unknown)
 event_id, jet_rank   int64, int8 (optional)          event number; 0 = leading jet
 process              string (optional)               physics process, e.g. "QCD", "ttbar"
 weight               float64 (optional)              expected events at the dataset luminosity
@@ -39,6 +39,10 @@ by name through :mod:`importlib`, so that the store sits below the model in the 
 per-dimension linear quantisation named in its metadata (``extra["latent_codes"]``: ``offset``
 and ``step``, 128 floats each): latent = offset + step x code, decoded when read
 (:func:`encode_latents` makes them). Every file of a dataset then carries the same quantisation.
+
+*Shipped files.* A file that ``data_manifest.yaml`` lists (the embedded default and its model) is
+checked against the manifest's size and sha256 when opened (:func:`sophon.manifest.verify_listed`:
+hashed once per process for each path, size and mtime); an altered copy is a DatasetError.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import pyarrow.parquet as pq
 
 from sophon.atomic import DATASET_METADATA_KEY, write_table_atomic
 from sophon.labels import LABELS, N_CLASSES
+from sophon.manifest import ManifestError, verify_listed
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -308,6 +313,13 @@ def _file_metadata(file: Path, schema: pa.Schema) -> DatasetMetadata:
     return metadata
 
 
+def _reason(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception, on one line and at most ``limit`` characters."""
+    text = " ".join(str(error).split()) or "no message"
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return f"{type(error).__name__}: {text}"
+
+
 def _shown(value, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -324,6 +336,19 @@ def _check_column_types(file: Path, schema: pa.Schema, coded_latents: bool) -> N
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
             raise DatasetError(f"{file}: column {name!r} is stored as {kind}; it must hold "
                                "numbers (integers or floats)")
+    index = schema.get_field_index("jet_label")
+    if index >= 0 and not pa.types.is_integer(schema.field(index).type):
+        raise DatasetError(f"{file}: column 'jet_label' is stored as {schema.field(index).type}; "
+                           f"it must hold integer class indices 0 to {N_CLASSES - 1}")
+    index = schema.get_field_index("process")
+    if index >= 0:
+        kind = schema.field(index).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_string_view(kind)):
+            raise DatasetError(f"{file}: column 'process' is stored as {kind}; it must hold text "
+                               "(the physics process, e.g. 'QCD')")
     index = schema.get_field_index("latent")
     if index < 0:
         return
@@ -371,6 +396,15 @@ def _score_head(file: Path, names: Sequence[str], metadata: DatasetMetadata) -> 
     return head
 
 
+def _verify_shipped(file: Path) -> None:
+    """A file that data_manifest.yaml lists must match its size and sha256."""
+    try:
+        verify_listed(file)
+    except ManifestError as error:
+        detail = str(error).split(": ", 1)[-1]  # the manifest's message names the relative path
+        raise DatasetError(f"{file}: {detail}") from None
+
+
 class JetDataset:
     """A scored jet dataset, loaded column by column on demand and cached.
 
@@ -383,6 +417,8 @@ class JetDataset:
         self.path = Path(path)
         self._score_head_loader = score_head_loader
         self.files = dataset_files(self.path)
+        for file in self.files:
+            _verify_shipped(file)
         schemas = [_read_schema(f) for f in self.files]
         self.columns: tuple[str, ...] = tuple(schemas[0].names)
         metadatas = [_file_metadata(f, s) for f, s in zip(self.files, schemas)]
@@ -398,6 +434,8 @@ class JetDataset:
             elif self.score_head not in (None, head):
                 raise DatasetError(f"{file}: scores come from {head}, not {self.score_head} as in "
                                    f"{self.files[0].name}")
+            if head is not None and self.score_head is None:
+                _verify_shipped(head)
             self.score_head = head
             if _latent_codes(file, metadata) != _latent_codes(self.files[0], self.metadata):
                 raise DatasetError(f"{file}: latent codes differ from those of "
@@ -489,10 +527,19 @@ class JetDataset:
             head = loader(self.score_head)
         except DatasetError:
             raise
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
-            raise DatasetError(f"{self.path}: cannot load the score head {self.score_head} "
-                               f"({type(error).__name__}: {error})") from None
-        return head(latents)
+        except Exception as error:  # torch.load alone raises a dozen types on a bad file
+            raise DatasetError(f"{self.path}: metadata '{SCORE_HEAD_KEY}' names "
+                               f"{self.score_head}, which is not a loadable Sophon checkpoint "
+                               f"({_reason(error)})") from None
+        try:
+            scores = np.asarray(head(latents), dtype=np.float32)
+        except Exception as error:
+            raise DatasetError(f"{self.path}: the score head {self.score_head} failed on the "
+                               f"latents ({_reason(error)})") from None
+        if scores.shape != (self.n_jets, N_CLASSES):
+            raise DatasetError(f"{self.path}: the score head {self.score_head} gave scores of "
+                               f"shape {scores.shape}; expected ({self.n_jets}, {N_CLASSES})")
+        return scores
 
     @cached_property
     def latents(self) -> np.ndarray:
@@ -553,7 +600,9 @@ class JetDataset:
         """Check types and values at load, each failure a DatasetError naming the file, the
         column, the row (in that file) and the value: numeric columns hold numbers and ``latent``
         128 floats per jet; scores are finite, in [0, 1] and sum to 1; weights are finite, >= 0
-        and at most :data:`MAX_WEIGHT` expected events; masses and pT are finite."""
+        and at most :data:`MAX_WEIGHT` expected events; ``process`` is text with no nulls;
+        ``jet_label`` holds integer class indices 0 to 187 (or -1: no truth class); masses and pT
+        are finite."""
         coded = self.metadata.extra.get(LATENT_CODES_KEY) is not None
         for file in self.files:
             _check_column_types(file, _read_schema(file), coded)
@@ -590,6 +639,24 @@ class JetDataset:
                 raise self._bad_value("weight", row, float(weights[row]),
                                       f"weights must be finite, non-negative and at most "
                                       f"{MAX_WEIGHT:g} (expected events)")
+        if "process" in self.columns:
+            process = self._collect(["process"]).to_series()
+            if process.null_count():
+                file, row = self._locate(int(process.is_null().arg_max()))
+                raise DatasetError(f"{file}: column 'process' is missing (null) at row {row}; "
+                                   "every jet needs its physics process")
+        if "jet_label" in self.columns:
+            label = self._collect(["jet_label"]).to_series()
+            if label.null_count():
+                file, row = self._locate(int(label.is_null().arg_max()))
+                raise DatasetError(f"{file}: column 'jet_label' is missing (null) at row {row}")
+            values = label.to_numpy()
+            bad = (values < -1) | (values >= N_CLASSES)
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise self._bad_value("jet_label", row, int(values[row]),
+                                      f"class indices run from 0 to {N_CLASSES - 1} "
+                                      "(-1: no truth class)")
         for name in ("jet_sdmass", "jet_pt"):
             if name not in self.columns:
                 raise DatasetError(f"{self.path}: missing column {name!r}")

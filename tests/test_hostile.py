@@ -3,7 +3,10 @@
 Classes: 1 user text reaches the page as text (HTML-escaped, KaTeX-escaped); 2 YAML imports are
 bounded (no aliases, no deep nesting, a size cap); 3 a class query costs a bounded time; 5 every
 failure is the project's error with a message naming the field and value; 6 the store validates
-types, ranges and magnitudes at load. Browser cases: tests/test_hostile_browser.py.
+types, ranges and magnitudes at load; 4 every failure to open a dataset (twelve bad datasets) is
+a DatasetProblem, the page's message, naming file, column and value; 7 a file data_manifest.yaml
+lists is verified by the library too, hashed once per size and mtime. Browser cases:
+tests/test_hostile_browser.py; ``sophon score`` cases (item 8): tests/test_hostile_scoring.py.
 """
 
 from __future__ import annotations
@@ -566,3 +569,234 @@ def test_a_refused_write_leaves_no_file_and_no_temporary(tmp_path):
                       latents=np.zeros((10, 127), np.float32))
     assert str(info.value) == f"{target}: latents must have shape (10, 128), got (10, 127)"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- class 4: every failure to open a dataset is the page with the reason -------------------------
+def _metadata_entry(path: Path, entry: dict) -> Path:
+    table = pq.read_table(path)
+    raw = json.dumps({**json.loads(DatasetMetadata(luminosity_fb=140.0).to_json()), **entry})
+    return _write(table.replace_schema_metadata({b"sophon": raw}), path)
+
+
+def _replaced(path: Path, name: str, array) -> Path:
+    table = pq.read_table(path)
+    if name in table.column_names:
+        return _write(_column(table, name, array), path)
+    return _write(table.append_column(name, array), path)
+
+
+def bad_datasets(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Twelve datasets that cannot be opened, each with the message the page shows for it (the
+    text the message starts with, after the file's path). The first seven gave a blank page."""
+    rng = np.random.default_rng(11)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def valid(name: str, jets=None, **extra) -> Path:
+        return write_dataset(folder / f"{name}.parquet", _jets(20, rng) if jets is None else jets,
+                             scores=_probabilities(20, rng),
+                             latents=rng.normal(size=(20, 128)).astype(np.float32),
+                             metadata=DatasetMetadata(luminosity_fb=140.0, model_id="test",
+                                                      extra=extra))
+
+    cases: dict[str, tuple[Path, str]] = {}
+    jets = _jets(20, rng)
+    jets["process"] = pa.array(["QCD", "ttbar", None, "QCD"] * 5)
+    cases["null process"] = (valid("null-process", jets), "column 'process' is missing (null) at "
+                             "row 2; every jet needs its physics process")
+    path = valid("text-mass")
+    masses = pq.read_table(path)["jet_sdmass"].to_pylist()
+    cases["text jet_sdmass"] = (_replaced(path, "jet_sdmass", pa.array([f"{m}" for m in masses])),
+                                "column 'jet_sdmass' is stored as string; it must hold numbers "
+                                "(integers or floats)")
+    jets = _jets(20, rng)
+    del jets["process"]
+    jets["jet_label"] = np.where(np.arange(20) == 4, 999, 0).astype(np.int32)
+    cases["jet_label 999 without process"] = (
+        valid("label-999", jets), "column 'jet_label' holds 999 at row 4; class indices run from "
+                                  "0 to 187 (-1: no truth class)")
+    compact = folder / "compact" / "data"
+    compact.mkdir(parents=True)
+    (folder / "compact" / "models").mkdir()
+    junk = folder / "compact" / "models" / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint\n" * 4)
+    table = pq.read_table(valid("full", score_head="../models/junk.pt"))
+    table = table.drop_columns([c for c in table.column_names if c.startswith("score_")])
+    cases["score head not a checkpoint"] = (
+        _write(table, compact / "jets.parquet"),
+        f"metadata 'score_head' names {junk}, which is not a loadable Sophon checkpoint (")
+    cases["luminosity as text"] = (
+        _metadata_entry(valid("lumi-text"), {"luminosity_fb": "138"}),
+        "metadata 'luminosity_fb' is '138'; expected a positive number of fb^-1, or null for an "
+        "unweighted dataset")
+    cases["negative luminosity"] = (
+        _metadata_entry(valid("lumi-negative"), {"luminosity_fb": -138.0}),
+        "metadata 'luminosity_fb' is -138.0; expected a positive number of fb^-1, or null for an "
+        "unweighted dataset")
+    cases["integer model_id"] = (
+        _metadata_entry(valid("model-int"), {"model_id": 42}),
+        "metadata 'model_id' is 42; expected text of at most 500 characters")
+    cases["missing file"] = (folder / "nowhere.parquet", "no such dataset file or directory")
+    not_parquet = folder / "not-parquet.parquet"
+    not_parquet.write_bytes(b"PAR1 but not really")
+    cases["not a parquet file"] = (not_parquet, "unreadable or truncated parquet file (")
+    path = valid("nan-score")
+    values = pq.read_table(path)["score_QCD_light"].to_numpy().copy()
+    values[9] = np.nan
+    cases["NaN score"] = (_replaced(path, "score_QCD_light", pa.array(values)),
+                          "column 'score_QCD_light' holds nan (not finite) at row 9")
+    cases["process as numbers"] = (
+        _replaced(valid("process-int"), "process", pa.array(np.arange(20))),
+        "column 'process' is stored as int64; it must hold text (the physics process, e.g. 'QCD')")
+    cases["jet_label as floats"] = (
+        _replaced(valid("label-float"), "jet_label", pa.array(np.zeros(20))),
+        "column 'jet_label' is stored as double; it must hold integer class indices 0 to 187")
+    return cases
+
+
+BAD_DATASETS = ("null process", "text jet_sdmass", "jet_label 999 without process",
+                "score head not a checkpoint", "luminosity as text", "negative luminosity",
+                "integer model_id", "missing file", "not a parquet file", "NaN score",
+                "process as numbers", "jet_label as floats")
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    return bad_datasets(tmp_path_factory.mktemp("bad-datasets"))
+
+
+def _problem_file(path: Path) -> Path:
+    return path if not path.is_dir() else sorted(path.glob("*.parquet"))[0]
+
+
+@pytest.mark.parametrize("case", BAD_DATASETS)
+def test_every_bad_dataset_is_a_problem_naming_what_is_wrong(bad, case):
+    from app import state
+
+    assert set(bad) == set(BAD_DATASETS)
+    path, reason = bad[case]
+    problem = state.load_analysis(path)
+    assert isinstance(problem, state.DatasetProblem)
+    assert problem.message.startswith(f"{_problem_file(path)}: {reason}")
+    assert "Traceback" not in problem.message and "\n" not in problem.message
+
+
+@pytest.mark.parametrize("case", ["null process", "jet_label 999 without process",
+                                  "score head not a checkpoint", "integer model_id"])
+def test_the_page_on_a_bad_dataset_shows_the_reason(bad, case):
+    path, reason = bad[case]
+    app = SophonApp(data=path)
+    assert not app.explorer.ready
+    assert len(app.tabs) == 1 and app.tabs._names == ["Dataset"]
+    shown = app.tabs[0].object
+    assert "The dataset could not be opened." in shown
+    assert html.escape(f"{_problem_file(path)}: {reason}") in shown
+
+
+def test_an_unexpected_error_in_loading_is_still_a_problem(valid_file, monkeypatch):
+    from app import state
+
+    def broken(analysis):
+        raise TypeError("'<' not supported between instances of 'NoneType' and 'str'")
+
+    monkeypatch.setattr(state, "warm_up", broken)
+    problem = state.load_analysis(valid_file)
+    assert problem == state.DatasetProblem(
+        valid_file, f"{valid_file}: cannot be opened (TypeError: '<' not supported between "
+                    "instances of 'NoneType' and 'str')")
+    assert state.cached_analysis(valid_file) is None
+
+
+def test_a_failing_first_scan_is_the_page_with_the_reason(valid_file, monkeypatch):
+    from app import page, state
+
+    def failing(path, **params):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(page.Explorer, "from_path", classmethod(lambda cls, p: failing(p)))
+    app = SophonApp(data=valid_file)
+    assert not app.explorer.ready
+    assert html.escape(f"{valid_file}: the first computation on the dataset failed (TypeError: "
+                       "unsupported operand)") in app.tabs[0].object
+    assert state.cached_analysis(valid_file) is None
+
+
+# --- class 7: shipped files are verified by the library too ---------------------------------------
+@pytest.fixture()
+def shipped(tmp_path, monkeypatch, valid_file):
+    """A temporary repository: data/jets.parquet listed in its own data_manifest.yaml."""
+    import hashlib
+    import os
+
+    import yaml
+
+    from sophon import manifest
+
+    root = tmp_path / "repository"
+    (root / "data").mkdir(parents=True)
+    file = root / "data" / "jets.parquet"
+    file.write_bytes(valid_file.read_bytes())
+    content = file.read_bytes()
+    listing = root / "data_manifest.yaml"
+    listing.write_text(yaml.safe_dump({"project": {"datasets": [{
+        "name": "jets", "path": "data/jets.parquet", "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(), "command": "make jets"}]}}))
+    old = time.time() - 3600  # settled files: the digest cache may keep them
+    for path in (file, listing):
+        os.utime(path, (old, old))
+    monkeypatch.setattr(manifest, "REPOSITORY_ROOT", root)
+    monkeypatch.setattr(manifest, "DEFAULT_MANIFEST", listing)
+    return file, hashlib.sha256(content).hexdigest()
+
+
+def _flip_one_bit(file: Path) -> str:
+    import hashlib
+
+    content = bytearray(file.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    file.write_bytes(bytes(content))
+    return hashlib.sha256(bytes(content)).hexdigest()
+
+
+def test_a_listed_file_with_one_flipped_bit_is_refused(shipped):
+    file, expected = shipped
+    assert len(JetDataset(file)) == 20  # the intact file loads
+    actual = _flip_one_bit(file)
+    assert _dataset_error(file) == (f"{file}: altered: sha256 {actual[:12]}..., the manifest says "
+                                    f"{expected[:12]}... (made by: make jets)")
+    assert _dataset_error(file.parent) == _dataset_error(file)  # the folder too
+
+
+def test_a_listed_file_is_hashed_once_per_size_and_mtime(shipped, monkeypatch):
+    from sophon import manifest
+
+    file, _ = shipped
+    hashed = []
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda path: hashed.append(path) or real(path))
+    for _ in range(3):
+        JetDataset(file)
+    assert hashed == [file]
+    _flip_one_bit(file)  # a new mtime: hashed again, and refused
+    assert "altered: sha256" in _dataset_error(file)
+    assert len(hashed) == 2
+
+
+def test_an_unlisted_copy_is_not_hashed(shipped, tmp_path, monkeypatch):
+    from sophon import manifest
+
+    file, _ = shipped
+    copy = tmp_path / "mine.parquet"
+    copy.write_bytes(file.read_bytes())
+    monkeypatch.setattr(manifest, "sha256_file", lambda path: pytest.fail("hashed"))
+    assert len(JetDataset(copy)) == 20
+
+
+def test_the_app_shows_the_altered_shipped_file(shipped):
+    from app import state
+
+    file, expected = shipped
+    actual = _flip_one_bit(file)
+    problem = state.load_analysis(file)
+    assert isinstance(problem, state.DatasetProblem)
+    assert problem.message.endswith(f"altered: sha256 {actual[:12]}..., the manifest says "
+                                    f"{expected[:12]}... (made by: make jets)")

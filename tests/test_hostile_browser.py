@@ -4,7 +4,9 @@ Crafted ``?d=`` links and crafted YAML (pasted and uploaded, with a crafted file
 script in every user-supplied string: no script runs (``window.__pwned`` stays undefined, no
 dialog opens) and the text shows literally, the formula included. Bad links and bad YAML give a
 visible message. While one session sends the worst queries through the websocket (past the
-input's maxlength), another session's page loads promptly. Skipped (with the reason) when
+input's maxlength), another session's page loads promptly. A served bad dataset (a null
+process, a jet_label of 999, a score head that is not a checkpoint) gives the page with the
+reason, not a blank page, and no traceback in the server log. Skipped (with the reason) when
 /usr/bin/chromium is absent, as in tests/test_app_browser.py whose server helper this uses.
 """
 
@@ -252,3 +254,38 @@ def test_server_log_has_no_app_errors(server):
             if line.strip().startswith("File") and (f"{ROOT}/app/" in line or
                                                    f"{ROOT}/sophon/" in line)]
     assert not ours, log
+
+
+# --- class 4: a served bad dataset gives the page with the reason --------------------------------
+@pytest.fixture(scope="module")
+def bad_datasets(tmp_path_factory):
+    from test_hostile import bad_datasets as make
+
+    return make(tmp_path_factory.mktemp("bad-served"))
+
+
+@pytest.mark.parametrize("case", ["null process", "jet_label 999 without process",
+                                  "score head not a checkpoint"])
+def test_a_served_bad_dataset_shows_the_reason(browser, bad_datasets, tmp_path, case):
+    path, reason = bad_datasets[case]
+    running = Server(path, tmp_path)
+    try:
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        page = context.new_page()
+        try:
+            page.goto(running.url, timeout=TIMEOUT_MS)
+            page.wait_for_selector(".sophon-problem-text", timeout=TIMEOUT_MS)
+            text = page.locator(".sophon-problem-text").first.inner_text()
+            assert text.startswith("The dataset could not be opened.\n"
+                                   f"{path}: {reason}")
+            assert text.endswith("Start the app on another dataset with panel serve app --args "
+                                 "--data PATH or set the environment variable SOPHON_DATA=PATH.")
+            assert page.locator(".scan-summary").count() == 0
+        finally:
+            context.close()
+        assert running.alive()
+        traceback = [line for line in running.log.read_text().splitlines()
+                     if line.startswith("Traceback")]
+        assert traceback == [], running.log.read_text()
+    finally:
+        running.stop()
