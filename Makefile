@@ -85,8 +85,8 @@ model: install
 	test -f $(MODEL_WORK)/test/QCD.parquet || $(BIN)/sophon generate training --no-mpi --quiet \
 	  --events 60000 --seed 90 --parts res2p=0.25,res34p=0.25,qcd=0.5 -o $(MODEL_WORK)/test
 	$(BIN)/sophon train $(MODEL_WORK)/run*/*.parquet -o data/models/$(MODEL_NAME).pt \
-	  --config $(CONFIG) --device $(DEVICE) --epochs 9 --samples-per-epoch 500000 \
-	  --validation-fraction 0.04 --seed 0 --state $(MODEL_WORK)/state.pt --max-minutes $(MINUTES) \
+	  --config $(CONFIG) --device $(DEVICE) --epochs 18 --samples-per-epoch 150000 \
+	  --validation-fraction 0.02 --seed 0 --state $(MODEL_WORK)/state.pt --max-minutes $(MINUTES) \
 	  $$(test -f $(MODEL_WORK)/state.pt && echo --resume $(MODEL_WORK)/state.pt)
 	$(BIN)/sophon evaluate data/models/$(MODEL_NAME).pt $(MODEL_WORK)/test/*.parquet \
 	  --device $(DEVICE) -o $(MODEL_WORK)/evaluation.json

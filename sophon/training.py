@@ -8,7 +8,9 @@ configuration ``JetClassII_full.yaml``):
   taken with probability p = (flattening factor of its (pT, mSD) cell within its reweighting group)
   x (the group's published class weight, :data:`CLASS_WEIGHTS`), scaled so that an epoch holds
   about ``samples_per_epoch`` jets; the flattening uses the published 14 pT bins and 48 mSD bins
-  and caps the factor at 1 for the sparsest 10 % of cells (weaver-core's ``reweight_threshold``);
+  and caps the factor at 1 for the sparsest cells (weaver-core's ``reweight_threshold``; its 10th
+  percentile suits 10^8 jets, on 2 M generated jets it would leave 99 % of the QCD jets unused,
+  so the reference here is the 70th percentile of the cell counts, ``reweight_percentile``);
   p is also capped so that over the whole training no jet is expected more than
   ``max_draws_per_jet`` times. A group too small to fill its share is drawn whole each epoch;
 - cross-entropy over the 188 classes, batches of 512 bucketed by multiplicity, RAdam(beta1 = 0.95,
@@ -90,7 +92,7 @@ PT_EDGES = np.array([200, 240, 287, 344, 412, 493, 590, 707, 847, 1014, 1215, 14
 SDMASS_EDGES = np.linspace(20.0, 500.0, 49)
 PT_RANGE = (float(PT_EDGES[0]), float(PT_EDGES[-1]))  # GeV
 SDMASS_RANGE = (float(SDMASS_EDGES[0]), float(SDMASS_EDGES[-1]))  # GeV
-REWEIGHT_THRESHOLD_PERCENTILE = 10.0
+REWEIGHT_PERCENTILE = 70.0  # see the module docstring
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this many particles
 _GROUP_NAMES = tuple(REWEIGHT_GROUPS)
 _GROUP_OF_CLASS = np.array([_GROUP_NAMES.index(c.reweight_group) for c in CONTENTS])
@@ -106,6 +108,7 @@ class TrainingOptions:
     learning_rate: float = 1e-3
     validation_fraction: float = 0.05
     max_draws_per_jet: float = 3.0  # expected draws of any one jet over the whole training
+    reweight_percentile: float = REWEIGHT_PERCENTILE  # flattening reference, percentile of cells
     batch_norm_warmup: float = 0.05  # share of the steps with batch statistics, then frozen
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -222,11 +225,12 @@ def cached_training_sample(files: Sequence[str | os.PathLike],
 # --- which jets an epoch draws ------------------------------------------------------------------
 
 
-def flattening_factors(labels: np.ndarray, jet_pt: np.ndarray,
-                       jet_sdmass: np.ndarray) -> np.ndarray:
+def flattening_factors(labels: np.ndarray, jet_pt: np.ndarray, jet_sdmass: np.ndarray, *,
+                       percentile: float = REWEIGHT_PERCENTILE) -> np.ndarray:
     """Per jet, (N,) in (0, 1]: weaver-core's "flat" reweighting within the jet's group, i.e.
-    min(1, reference / count of its (pT, mSD) cell), the reference being the 10th percentile of the
-    group's populated cells (cells below 1 % of the median count are ignored for it)."""
+    min(1, reference / count of its (pT, mSD) cell), the reference being the ``percentile``-th
+    percentile of the group's populated cells (cells below 1 % of the median count are ignored
+    for it)."""
     groups = _GROUP_OF_CLASS[labels]
     n_pt, n_mass = len(PT_EDGES) - 1, len(SDMASS_EDGES) - 1
     pt_bin = np.clip(np.searchsorted(PT_EDGES, jet_pt, side="right") - 1, 0, n_pt - 1)
@@ -239,18 +243,19 @@ def flattening_factors(labels: np.ndarray, jet_pt: np.ndarray,
         populated = cells[cells > 0]
         if len(populated):
             populated = populated[populated > 0.01 * np.median(populated)]
-            reference[group] = np.percentile(populated, REWEIGHT_THRESHOLD_PERCENTILE)
+            reference[group] = np.percentile(populated, percentile)
     return np.minimum(1.0, reference[groups] / counts[cell])
 
 
 def acceptance(labels: np.ndarray, jet_pt: np.ndarray, jet_sdmass: np.ndarray,
-               samples_per_epoch: float, *, cap: float = 1.0) -> np.ndarray:
+               samples_per_epoch: float, *, cap: float = 1.0,
+               percentile: float = REWEIGHT_PERCENTILE) -> np.ndarray:
     """Per-jet probability (N,) of being drawn in one epoch: flattening factor x the group's class
     weight, scaled so that the expected draws sum to ``samples_per_epoch`` (shared among the groups
     present in proportion to :data:`CLASS_WEIGHTS`), and capped at ``cap``. A group whose jets
     cannot fill its share at that cap is drawn at the cap, and its shortfall is not redistributed:
     the class priors then deviate from the published ones by that group's shortfall."""
-    factors = flattening_factors(labels, jet_pt, jet_sdmass)
+    factors = flattening_factors(labels, jet_pt, jet_sdmass, percentile=percentile)
     groups = _GROUP_OF_CLASS[labels]
     present = np.bincount(groups, minlength=len(_GROUP_NAMES)) > 0
     shares = np.where(present, _GROUP_WEIGHTS, 0.0)
@@ -467,10 +472,11 @@ def train(sample: TrainingSample, output: str | os.PathLike,
         raise ValueError(f"only {len(sample)} jets: nothing left to train on after validation")
     cap = min(1.0, options.max_draws_per_jet / max(options.epochs, 1))
     draw = acceptance(sample.labels[training], sample.jet_pt[training],
-                      sample.jet_sdmass[training], options.samples_per_epoch, cap=cap)
+                      sample.jet_sdmass[training], options.samples_per_epoch, cap=cap,
+                      percentile=options.reweight_percentile)
     validation_weights = acceptance(sample.labels[validation], sample.jet_pt[validation],
                                     sample.jet_sdmass[validation], options.samples_per_epoch,
-                                    cap=cap)
+                                    cap=cap, percentile=options.reweight_percentile)
     precision = resolve_precision(options.precision, device)
     run = _Run(options, sample, device)
     if resume:
@@ -626,6 +632,7 @@ def _main(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, learning_rate=args.learning_rate,
                               validation_fraction=args.validation_fraction,
                               max_draws_per_jet=args.max_draws_per_jet,
+                              reweight_percentile=args.reweight_percentile,
                               batch_norm_warmup=args.batch_norm_warmup, device=args.device,
                               precision=args.precision, compile=args.compile, seed=args.seed)
     state = args.resume or args.state or Path("build") / "train-state" / (args.output.stem + ".pt")
@@ -668,6 +675,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.05)
     parser.add_argument("--max-draws-per-jet", type=float, default=3.0,
                         help="expected draws of any jet over the whole training (default 3)")
+    parser.add_argument("--reweight-percentile", type=float, default=REWEIGHT_PERCENTILE,
+                        help="flattening reference: this percentile of a group's cell counts")
     parser.add_argument("--batch-norm-warmup", type=float, default=0.05,
                         help="share of the steps with BatchNorm batch statistics, then frozen")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -18,10 +18,13 @@ def test_flattening_caps_sparse_cells_and_thins_dense_ones():
     labels = np.full(1110, index_of("QCD_light"))
     pt = np.full(1110, 300.0)
     sdmass = np.repeat([55.0, 155.0, 255.0], [1000, 100, 10])
-    factors = flattening_factors(labels, pt, sdmass)
+    factors = flattening_factors(labels, pt, sdmass, percentile=10)
     assert np.allclose(factors[:1000], 28 / 1000)
     assert np.allclose(factors[1000:1100], 28 / 100)
     assert np.all(factors[1100:] == 1.0)
+    # the 70th percentile (the default) is 100 + 0.4 * 900 = 460 (linear interpolation)
+    factors = flattening_factors(labels, pt, sdmass)
+    assert np.allclose(factors[:1000], 460 / 1000) and np.all(factors[1000:] == 1.0)
 
 
 def test_acceptance_shares_follow_the_published_class_weights():
