@@ -482,11 +482,11 @@ def train(sample: TrainingSample, output: str | os.PathLike,
     if resume:
         if state_path is None or not state_path.exists():
             raise ValueError(f"--resume: no state file at {state_path}")
+        run.restore(torch.load(state_path, map_location=device, weights_only=False))
+        log(f"resumed from {state_path}: epoch {run.epoch + 1}, batch {run.batch_in_epoch}")
     elif state_path is not None and state_path.exists():
         raise ValueError(f"{state_path}: a training state exists already; resume it (--resume "
                          f"{state_path}) or delete it to start over")
-        run.restore(torch.load(state_path, map_location=device, weights_only=False))
-        log(f"resumed from {state_path}: epoch {run.epoch + 1}, batch {run.batch_in_epoch}")
     step_function = _step_function(run, precision, device)
     log(f"training {options.config} ({count_parameters(run.model):,} parameters) on "
         f"{len(training):,} jets ({draw.sum():,.0f} expected per epoch), validating on "
