@@ -30,6 +30,7 @@ from sophon.discriminant import (MAX_DEFINITION_CHARACTERS, PRESETS, Discriminan
                                  DiscriminantError, Term)
 from sophon.labels import LABELS, MAX_PATTERNS, MAX_QUERY_LENGTH, QueryError, mask, select
 from sophon.store import DatasetError, DatasetMetadata, JetDataset, write_dataset
+from test_store import _columns as _jets, _scores as _probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `app` is a package beside `sophon` in the repository root
@@ -430,21 +431,6 @@ def test_composer_inputs_carry_the_library_limits(explorer):
 
 
 # --- class 6: the store ---------------------------------------------------------------------------
-def _jets(n, rng):
-    return {"jet_pt": rng.uniform(200, 800, n).astype(np.float32),
-            "jet_eta": rng.uniform(-2, 2, n).astype(np.float32),
-            "jet_phi": rng.uniform(-3, 3, n).astype(np.float32),
-            "jet_energy": rng.uniform(300, 900, n).astype(np.float32),
-            "jet_sdmass": rng.uniform(0, 300, n).astype(np.float32),
-            "process": np.array(["QCD", "ttbar"] * (n // 2), dtype=object),
-            "weight": rng.uniform(0.1, 2, n)}
-
-
-def _probabilities(n, rng):
-    raw = rng.random((n, 188)).astype(np.float32)
-    return raw / raw.sum(axis=1, keepdims=True)
-
-
 @pytest.fixture()
 def valid_file(tmp_path) -> Path:
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ import urllib.parse
 
 import pytest
 
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, TIMEOUT_MS, Server
+from test_app_browser import ROOT, TIMEOUT_MS, Server, browser, server  # noqa: F401 (fixtures)
 from test_hostile import BILLION_LAUGHS, worst_globs
 
 pytestmark = pytest.mark.browser
@@ -32,25 +32,6 @@ LABEL_SHOWN = LABEL.replace(" ", "")
 # A page load takes a few seconds on a 2-core machine; before the fix one query of 20,000 '['
 # alone held the server for about 10 s, and the worst queries below are 30 of them.
 PROMPT_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium "
-                    "(apt-get install -y chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def server(browser, synthetic_path, tmp_path_factory):
-    running = Server(synthetic_path, tmp_path_factory.mktemp("hostile-server"))
-    yield running
-    running.stop()
 
 
 class Session:
