@@ -36,11 +36,19 @@ def background_rejection(signal: np.ndarray, background: np.ndarray,
                          signal_efficiency: float) -> float:
     """1 / (background efficiency) at the cut on a discriminant that keeps ``signal_efficiency``
     of the ``signal`` values (jets pass with value >= cut); inf when no background passes."""
-    if len(signal) == 0 or len(background) == 0:
+    passing = _qcd_passing(signal, background, signal_efficiency)
+    if passing is None:
         return float("nan")
+    return float("inf") if passing == 0 else len(background) / passing
+
+
+def _qcd_passing(signal: np.ndarray, background: np.ndarray, signal_efficiency: float) -> int | None:
+    """How many ``background`` values pass the cut keeping ``signal_efficiency`` of ``signal``
+    (None when either is empty)."""
+    if len(signal) == 0 or len(background) == 0:
+        return None
     cut = np.quantile(signal, 1.0 - signal_efficiency, method="higher")
-    passing = float(np.mean(background >= cut))
-    return float("inf") if passing == 0 else 1.0 / passing
+    return int(np.sum(background >= cut))
 
 
 def tagging_figures(probabilities: np.ndarray, labels: np.ndarray,
@@ -62,13 +70,16 @@ def tagging_figures(probabilities: np.ndarray, labels: np.ndarray,
         signal, background = values[is_signal], values[is_qcd]
         entry: dict = {"signal_jets": int(is_signal.sum()), "qcd_jets": int(is_qcd.sum())}
         for efficiency in efficiencies:
-            key = f"{round(100 * efficiency)}%"
-            rejection = background_rejection(signal, background, efficiency)
-            passing = (0 if not len(signal) or not len(background) else int(np.sum(
-                background >= np.quantile(signal, 1.0 - efficiency, method="higher"))))
-            entry[key] = {"qcd_efficiency": (passing / len(background) if len(background)
-                                             else float("nan")),
-                          "rejection": rejection, "qcd_passing": passing}
+            passing = _qcd_passing(signal, background, efficiency)
+            if passing is None:
+                rejection = efficiency_qcd = float("nan")
+                passing = 0
+            else:
+                efficiency_qcd = passing / len(background)
+                rejection = float("inf") if passing == 0 else 1.0 / efficiency_qcd
+            entry[f"{round(100 * efficiency)}%"] = {"qcd_efficiency": efficiency_qcd,
+                                                    "rejection": rejection,
+                                                    "qcd_passing": passing}
         figures[name] = entry
     return figures
 

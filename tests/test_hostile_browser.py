@@ -18,7 +18,8 @@ import urllib.parse
 
 import pytest
 
-from test_app_browser import ROOT, TIMEOUT_MS, Server, browser, server  # noqa: F401 (fixtures)
+from test_app_browser import (ROOT, TIMEOUT_MS, Server, _wait_for_text, browser,  # noqa: F401
+                              server)
 from test_hostile import BILLION_LAUGHS, worst_globs
 
 pytestmark = pytest.mark.browser
@@ -53,16 +54,8 @@ class Session:
         return self.page.locator(selector).first.inner_text()
 
     def wait_for_text(self, selector: str, expected: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        text = None
-        while time.monotonic() < deadline:
-            locator = self.page.locator(selector)
-            if locator.count():
-                text = locator.first.inner_text()
-                if text == expected:
-                    return text
-            time.sleep(0.1)
-        raise AssertionError(f"{selector} reads {text!r}, not {expected!r}")
+        _wait_for_text(self.page, selector, expected, timeout)
+        return expected
 
     def assert_no_script_ran(self) -> None:
         time.sleep(1.0)  # time for an injected onerror/onload to fire
