@@ -26,7 +26,7 @@ import param
 from sophon.analysis import DatasetAnalysis
 from sophon.discriminant import PRESETS, Discriminant, DiscriminantError
 from sophon.labels import QueryError
-from sophon.spectrum import DEFAULT_EFFICIENCIES, EfficiencyScan, SignificanceCurve
+from sophon.spectrum import DEFAULT_EFFICIENCIES, EfficiencyScan, SignificanceCurve, nearest_level
 from sophon.store import DatasetError
 
 from app import selection as jet_selection
@@ -126,7 +126,7 @@ class Explorer(param.Parameterized):
     @property
     def level(self) -> int:
         """The scan level of the chosen efficiency."""
-        return int(np.argmin(np.abs(np.log10(EFFICIENCIES) - np.log10(self.efficiency))))
+        return nearest_level(EFFICIENCIES, self.efficiency)
 
     @property
     def has_latent(self) -> bool:
@@ -228,38 +228,11 @@ class Explorer(param.Parameterized):
         return self.analysis.subset_scan(self.discriminant, scan, subset)
 
     def _default_window(self, signal: str | None) -> tuple[float, float]:
-        """The narrowest mSD interval holding half of the signal's weight (robust to the tails
-        of recoil jets), snapped outward to the mass bins."""
-        if self.analysis is None or signal is None:
+        """The signal's peak window (:meth:`DatasetAnalysis.signal_window`), or the current
+        window when there is no such signal."""
+        if self.analysis is None or signal not in self.analysis.dataset.process_names:
             return tuple(self.window)
-        dataset = self.analysis.dataset
-        names = list(dataset.process_names)
-        binning = self.analysis.binning
-        if signal not in names:
-            return tuple(self.window)
-        members = dataset.process_codes == names.index(signal)
-        mass = dataset.column("jet_sdmass")[members].astype(np.float64)
-        weight = dataset.weights[members]
-        keep = np.isfinite(mass) & (weight > 0) & (mass >= binning.low) & (mass < binning.high)
-        if not keep.any():
-            return (float(binning.low), float(binning.high))
-        mass, weight = mass[keep], weight[keep]
-        order = np.argsort(mass)
-        mass = mass[order]
-        cumulative = np.concatenate([[0.0], np.cumsum(weight[order])])
-        # for every start i, the first end j with weight(i..j) >= half the total
-        ends = np.searchsorted(cumulative, cumulative[:-1] + 0.5 * cumulative[-1], side="left")
-        valid = ends <= len(mass)
-        starts = np.flatnonzero(valid)
-        widths = mass[np.minimum(ends[valid], len(mass)) - 1] - mass[starts]
-        best = starts[int(np.argmin(widths))]
-        low, high = mass[best], mass[min(int(ends[best]), len(mass)) - 1]
-        width = (binning.high - binning.low) / binning.bins
-        low = binning.low + np.floor((low - binning.low) / width) * width
-        high = binning.low + np.ceil((high - binning.low) / width) * width
-        low = float(np.clip(low, binning.low, binning.high - width))
-        high = float(np.clip(max(high, low + width), binning.low + width, binning.high))
-        return (low, high)
+        return self.analysis.signal_window(signal)
 
     # --- actions --------------------------------------------------------------------------
     def latent_coordinates(self) -> tuple[np.ndarray, np.ndarray]:
@@ -282,12 +255,6 @@ class Explorer(param.Parameterized):
         self._set_selection(indices, f"lasso of {len(np.asarray(vertices))} points")
         return indices
 
-    def select_indices(self, indices: np.ndarray, label: str = "indices") -> None:
-        indices = np.unique(np.asarray(indices, dtype=np.int64))
-        if self.ready and indices.size and (indices[0] < 0 or indices[-1] >= self.dataset.n_jets):
-            raise IndexError(f"jet indices must lie in [0, {self.dataset.n_jets})")
-        self._set_selection(indices, label)
-
     def clear_selection(self) -> None:
         self.param.update(selection=None, selection_label="")
 
@@ -307,8 +274,5 @@ class Explorer(param.Parameterized):
         return self._selection_order[1]
 
     # --- numbers for the page -------------------------------------------------------------
-    def selected_jets(self) -> int:
-        return 0 if self.scan is None else self.scan.selected_jets(self.level)
-
     def selected_yield(self) -> float:
         return 0.0 if self.scan is None else self.scan.selected_yield(self.level) * self.scale

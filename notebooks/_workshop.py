@@ -35,6 +35,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 if str(REPOSITORY_ROOT) not in sys.path:  # `app` is a package beside `sophon` in the repository
     sys.path.insert(0, str(REPOSITORY_ROOT))
 
+from sophon.discriminant import cut_on_d  # noqa: E402
 from sophon.manifest import DEFAULT_DATASET  # noqa: E402
 
 __all__ = ["open_workshop_dataset", "workshop_model", "workshop_jets", "WorkshopJets",
@@ -122,10 +123,8 @@ def scan_table(scan, levels=None):
     rows = []
     for level in levels:
         cut = float(scan.thresholds[level])
-        with np.errstate(over="ignore"):
-            d_cut = 1.0 / (1.0 + np.exp(-cut)) if np.isfinite(cut) else float("nan")
         rows.append({"efficiency": float(scan.efficiencies[level]), "cut ln(gA/gB)": cut,
-                     "cut D": d_cut, "jets": scan.selected_jets(level),
+                     "cut D": cut_on_d(cut), "jets": scan.selected_jets(level),
                      "yield": scan.selected_yield(level),
                      "peak mSD [GeV]": spectrum_peak(scan, level)})
     return pl.DataFrame(rows)
@@ -146,11 +145,12 @@ def workshop_model(seed: int = 7):
     """``(model, trained, model_id)``: the project's trained Sophon model when the manifest lists
     one, else the Sophon architecture with seeded random weights (``trained`` False: its scores
     are meaningless, the mechanics are the same)."""
-    from sophon.model import SophonModel, file_digest, load_checkpoint, randomize_weights_
+    from sophon.manifest import sha256_file
+    from sophon.model import SophonModel, load_checkpoint, randomize_weights_
 
     checkpoint = _manifest_checkpoint()
     if checkpoint is not None:
-        model_id = f"{checkpoint.name}@sha256:{file_digest(checkpoint)}"
+        model_id = f"{checkpoint.name}@sha256:{sha256_file(checkpoint)[:12]}"
         print(f"Using the project's trained model {_shown(checkpoint)}")
         return load_checkpoint(checkpoint).eval(), True, model_id
     print("*** RANDOM WEIGHTS ***\n"

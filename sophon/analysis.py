@@ -16,14 +16,18 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
+import polars as pl
+import vector
 
 from sophon.discriminant import Discriminant, event_sum
+from sophon.labels import LABELS
 from sophon.labels import mask as class_mask
 from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, EfficiencyScan,
-                             MassBinning, SignificanceCurve, significance_scan)
+                             MassBinning, SignificanceCurve, densest_window, significance_scan)
 from sophon.store import JetDataset
 
-__all__ = ["DatasetAnalysis", "EventTable", "DIJET_MASS_BINNING"]
+__all__ = ["DatasetAnalysis", "EventTable", "DIJET_MASS_BINNING", "most_probable_class",
+           "selection_frame", "EXPORT_COLUMNS"]
 
 DIJET_MASS_BINNING = MassBinning(bins=100, low=0.0, high=5000.0)
 EfficiencyReference = Literal["all", "QCD"]
@@ -104,6 +108,22 @@ class DatasetAnalysis:
             raise ValueError(f"{self.dataset.path}: the leading-jet spectrum needs 'jet_rank'")
         return np.flatnonzero(self.dataset.column("jet_rank") == 0)
 
+    @cached_property
+    def most_probable_class(self) -> np.ndarray:
+        """(N,) int16: each jet's most probable class."""
+        return most_probable_class(self.dataset.scores)
+
+    def signal_window(self, process: str, fraction: float = 0.5) -> tuple[float, float]:
+        """The narrowest jet-mSD window (GeV, on bin edges) holding ``fraction`` of the weight of
+        ``process``'s jets: where its peak is (:func:`sophon.spectrum.densest_window`)."""
+        dataset = self.dataset
+        names = list(dataset.process_names)
+        if process not in names:
+            raise ValueError(f"unknown process {process!r}; processes are {names}")
+        members = dataset.process_codes == names.index(process)
+        return densest_window(dataset.column("jet_sdmass")[members], dataset.weights[members],
+                              self.binning, fraction)
+
     @property
     def has_events(self) -> bool:
         return self.dataset.has("event_id") and self.dataset.has("jet_rank")
@@ -116,18 +136,22 @@ class DatasetAnalysis:
         _, event_of_jet = np.unique(dataset.column("event_id"), return_inverse=True)
         event_of_jet = event_of_jet.astype(np.int64)
         n_events = int(event_of_jet.max()) + 1
-        leading = dataset.column("jet_rank") < 2
-        pt, eta, phi = (dataset.column(c).astype(np.float64) for c in ("jet_pt", "jet_eta", "jet_phi"))
-        energy = dataset.column("jet_energy").astype(np.float64)
-        four_momentum = [event_sum(x, event_of_jet, n_events, leading)
-                         for x in (energy, pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta))]
-        e, px, py, pz = four_momentum
-        jets_per_event = np.bincount(event_of_jet[leading], minlength=n_events)
-        dijet_mass = np.sqrt(np.clip(e**2 - px**2 - py**2 - pz**2, 0, None))
-        dijet_mass[jets_per_event < 2] = np.nan
+        rank = dataset.column("jet_rank")
+        jets = vector.array({name: dataset.column(column).astype(np.float64) for name, column in
+                             (("pt", "jet_pt"), ("eta", "jet_eta"), ("phi", "jet_phi"),
+                              ("energy", "jet_energy"))})
+        # each event's leading and second jet (-1: none), the dijet where it has both
+        first, second = (np.full(n_events, -1, dtype=np.int64) for _ in range(2))
+        for position, jet_of_event in enumerate((first, second)):
+            rows = np.flatnonzero(rank == position)
+            jet_of_event[event_of_jet[rows]] = rows
+        both = (first >= 0) & (second >= 0)
+        dijet_mass = np.full(n_events, np.nan)
+        # a pair of physical jets is timelike; rounding may leave m^2 a hair below zero
+        dijet_mass[both] = np.maximum((jets[first[both]] + jets[second[both]]).mass, 0.0)
         first_jet = np.zeros(n_events, dtype=np.int64)
         first_jet[event_of_jet[::-1]] = np.arange(len(event_of_jet))[::-1]
-        return EventTable(event_of_jet=event_of_jet, leading=leading,
+        return EventTable(event_of_jet=event_of_jet, leading=rank < 2,
                           weight=dataset.weights[first_jet],
                           process_code=dataset.process_codes[first_jet], dijet_mass=dijet_mass)
 
@@ -225,12 +249,61 @@ class DatasetAnalysis:
                                  events.process_code, self.dataset.process_names, signal, window,
                                  binning=binning)
 
-    def top_classes(self, rows: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    def top_classes(self, rows: np.ndarray, k: int = 5,
+                    chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
         """For jets ``rows``: the indices (len, k) and probabilities (len, k) of their k most
-        probable classes, most probable first."""
-        scores = self.dataset.scores[np.asarray(rows)]
-        top = np.argsort(-scores, axis=1)[:, :k]
-        return top, np.take_along_axis(scores, top, axis=1)
+        probable classes, most probable first; ``chunk`` rows of scores at a time, so that a
+        large selection never copies more than that."""
+        rows = np.asarray(rows, dtype=np.int64)
+        top = np.zeros((len(rows), k), dtype=np.int64)
+        probabilities = np.zeros((len(rows), k), dtype=np.float32)
+        for start in range(0, len(rows), chunk):
+            scores = self.dataset.scores[rows[start:start + chunk]]
+            best = np.argsort(-scores, axis=1)[:, :k]
+            top[start:start + chunk] = best
+            probabilities[start:start + chunk] = np.take_along_axis(scores, best, axis=1)
+        return top, probabilities
+
+
+def most_probable_class(scores: np.ndarray) -> np.ndarray:
+    """(N,) int16 index of each jet's most probable class of ``scores`` (N, classes), one
+    column at a time (the store's score matrix is column-major, so argmax over rows would copy
+    it)."""
+    best = np.zeros(len(scores), dtype=np.int16)
+    best_value = np.array(scores[:, 0], dtype=np.float32)
+    for index in range(1, scores.shape[1]):
+        column = scores[:, index]
+        better = column > best_value
+        best[better] = index
+        np.maximum(best_value, column, out=best_value)
+    return best
+
+
+#: The jet columns a selection download carries, where the dataset has them.
+EXPORT_COLUMNS = ("event_id", "jet_rank", "process", "weight", "jet_label", "jet_pt", "jet_eta",
+                  "jet_phi", "jet_energy", "jet_sdmass", "jet_nparticles", "jet_tau1", "jet_tau2",
+                  "jet_tau3", "jet_tau4", "umap_x", "umap_y")
+
+
+def selection_frame(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discriminant,
+                    k: int = 5) -> pl.DataFrame:
+    """Jets ``rows`` as a table: the dataset's :data:`EXPORT_COLUMNS`, D, ln(g_A/g_B), and the
+    top-``k`` classes with their probabilities (GeV for masses and momenta)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    dataset = analysis.dataset
+    columns: dict[str, object] = {"jet": rows}
+    for name in EXPORT_COLUMNS:
+        if dataset.has(name):
+            values = dataset.column(name)[rows]
+            columns[name] = list(values) if values.dtype == object else values
+    columns["D"] = analysis.discriminant(discriminant)[rows]
+    columns["log_odds"] = analysis.log_odds(discriminant)[rows]
+    top, probabilities = analysis.top_classes(rows, k)
+    labels = np.array(LABELS, dtype=object)
+    for position in range(k):
+        columns[f"top{position + 1}_class"] = list(labels[top[:, position]])
+        columns[f"top{position + 1}_prob"] = probabilities[:, position]
+    return pl.DataFrame(columns)
 
 
 class _LockedMapping:

@@ -32,7 +32,8 @@ import yaml
 
 from sophon.labels import LABELS, MAX_QUERY_LENGTH, N_CLASSES, QueryError, mask, select
 
-__all__ = ["Term", "Discriminant", "PRESETS", "DiscriminantError", "event_sum",
+__all__ = ["Term", "Discriminant", "PRESETS", "DiscriminantError", "event_sum", "preset_name",
+           "cut_on_d",
            "MAX_WEIGHT", "MAX_TERMS", "MAX_TEXT_LENGTH", "MAX_DEFINITION_CHARACTERS",
            "MAX_YAML_DEPTH"]
 
@@ -167,7 +168,13 @@ class Discriminant:
             weights[mask(term.classes)] += term.weight
         if not weights.any():
             raise DiscriminantError(f"discriminant {self.name!r}: all numerator weights are zero")
-        denominator = mask(self.denominator) & (weights == 0)
+        denominator_set = mask(self.denominator)
+        denominator = denominator_set & (weights == 0)
+        if not denominator.any():
+            raise DiscriminantError(
+                f"{where}: the denominator {_show(self.denominator)} has no class outside the "
+                f"numerator, so g_B would be empty (every jet would pass every cut); choose "
+                f"denominator classes that are not in the numerator")
         object.__setattr__(self, "_weights", weights)
         object.__setattr__(self, "_denominator_mask", denominator)
 
@@ -185,6 +192,12 @@ class Discriminant:
     @property
     def numerator_classes(self) -> list[str]:
         return [LABELS[i] for i in np.flatnonzero(self._weights)]
+
+    @property
+    def classes_in_both(self) -> list[str]:
+        """The classes of the denominator set that are also numerator classes: they count in g_A
+        only, so they are left out of g_B."""
+        return [LABELS[i] for i in np.flatnonzero(mask(self.denominator) & (self._weights > 0))]
 
     # --- evaluation ----------------------------------------------------------------------------
     def components(self, scores: np.ndarray,
@@ -426,3 +439,16 @@ PRESETS: dict[str, Discriminant] = {
                 level="event"),
     )
 }
+
+
+def preset_name(discriminant: Discriminant) -> str | None:
+    """The name of the preset equal to ``discriminant`` (same terms, denominator, level, name
+    and description), None when it is not a preset."""
+    return next((name for name, preset in PRESETS.items() if preset == discriminant), None)
+
+
+def cut_on_d(log_odds_cut: float) -> float:
+    """The cut on D = g_A / (g_A + g_B) equal to the cut ``log_odds_cut`` on ln(g_A / g_B):
+    D = 1 / (1 + exp(-ln(g_A / g_B))); +-inf map to 1 and 0, NaN stays NaN."""
+    with np.errstate(over="ignore"):
+        return float(1.0 / (1.0 + np.exp(-np.float64(log_odds_cut))))

@@ -42,6 +42,11 @@ __all__ = [
     "FIELDS",
     "GROUPS",
     "REWEIGHT_GROUPS",
+    "REWEIGHT_GROUP_OF_CLASS",
+    "FAMILIES",
+    "FAMILY_OF_CLASS",
+    "TRUTH_GROUPS",
+    "TRUTH_GROUP_OF_CLASS",
     "QueryError",
     "MAX_QUERY_LENGTH",
     "MAX_WORD_LENGTH",
@@ -195,6 +200,26 @@ REWEIGHT_GROUPS: dict[str, tuple[str, ...]] = {}
 for _content in CONTENTS:
     REWEIGHT_GROUPS.setdefault(_content.reweight_group, ())
     REWEIGHT_GROUPS[_content.reweight_group] += (_content.name,)
+
+#: (188,) index of each class's reweighting group in ``tuple(REWEIGHT_GROUPS)``.
+REWEIGHT_GROUP_OF_CLASS = np.array([tuple(REWEIGHT_GROUPS).index(c.reweight_group)
+                                    for c in CONTENTS], dtype=np.int16)
+
+#: The three class families, JetClass-II's three parts: QCD, X -> 2 prongs (Res2P) and
+#: X -> YY -> 3 or 4 prongs (Res34P).
+FAMILIES: tuple[str, ...] = ("QCD", "two_prong", "three_four_prong")
+#: (188,) index of each class's family in :data:`FAMILIES`.
+FAMILY_OF_CLASS = np.array([0 if not c.resonant else (1 if c.prongs == 2 else 2)
+                            for c in CONTENTS], dtype=np.int8)
+
+#: The families with the resonant ones split by leptons among the decay products: what the
+#: latent view colours a jet's true class by.
+TRUTH_GROUPS: tuple[str, ...] = ("QCD", "X→2 prongs, hadronic", "X→2 prongs, leptonic",
+                                 "X→YY 3/4 prongs, hadronic", "X→YY 3/4 prongs, leptonic")
+#: (188,) index of each class's truth group in :data:`TRUTH_GROUPS`.
+TRUTH_GROUP_OF_CLASS = np.array([0 if not c.resonant else
+                                 2 * int(FAMILY_OF_CLASS[c.index]) - 1 + (c.leptons > 0)
+                                 for c in CONTENTS], dtype=np.int8)
 
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": LABELS,

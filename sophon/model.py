@@ -29,7 +29,6 @@ it was trained to compute. See :func:`convert_legacy_attention`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -59,7 +58,6 @@ __all__ = [
     "save_checkpoint",
     "randomize_weights_",
     "count_parameters",
-    "file_digest",
     "masked_batch_norm",
     "freeze_batch_norms",
 ]
@@ -679,15 +677,6 @@ def head_probabilities(model: SophonModel, latents: np.ndarray, *, batch_size: i
         chunk = torch.tensor(latents[start:start + batch_size])  # copies: input may be read-only
         out[start:start + len(chunk)] = torch.softmax(head(chunk).float(), dim=1).numpy()
     return out
-
-
-def file_digest(path: str | os.PathLike, length: int = 12) -> str:
-    """First ``length`` hex digits of a file's SHA-256 (identifies a model in dataset metadata)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
 
 
 @torch.no_grad()

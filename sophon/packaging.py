@@ -48,7 +48,8 @@ from sophon.atomic import DATASET_METADATA_KEY
 from sophon.discriminant import PRESETS, Discriminant, Term
 from sophon.features import REQUIRED_COLUMNS
 from sophon.labels import mask as class_mask
-from sophon.model import file_digest, head_probabilities, load_checkpoint
+from sophon.manifest import sha256_file
+from sophon.model import head_probabilities, load_checkpoint
 from sophon.spectrum import thresholds_for_efficiencies
 from sophon.store import (LATENT_CODES_KEY, SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetError,
                           DatasetMetadata, JetDataset, dataset_files, decode_latents,
@@ -240,7 +241,7 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     table = table.filter(pa.array(selected))
 
     extra = {**dataset.metadata.extra, SCORE_HEAD_KEY: os.path.relpath(
-        checkpoint.resolve(), output.resolve().parent), "score_head_sha256": file_digest(checkpoint, 64),
+        checkpoint.resolve(), output.resolve().parent), "score_head_sha256": sha256_file(checkpoint),
         "constituent_jets": chosen,
         "selection": (f"{sdmass_range[0]:g} < jet_sdmass < {sdmass_range[1]:g} GeV"
                       if sdmass_range is not None else "none"),

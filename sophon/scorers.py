@@ -30,7 +30,8 @@ import torch
 
 from sophon.features import MAX_PARTICLES, JetInputs, RaggedInputs
 from sophon.labels import N_CLASSES
-from sophon.model import SophonModel, file_digest, load_checkpoint
+from sophon.manifest import sha256_file
+from sophon.model import SophonModel, load_checkpoint
 from sophon.store import LATENT_DIM
 
 __all__ = [
@@ -322,7 +323,7 @@ def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
-    model_id = f"{path.name}@sha256:{file_digest(path)}"
+    model_id = f"{path.name}@sha256:{sha256_file(path)[:12]}"
     if path.suffix.lower() == ".onnx":
         resolved = resolve_device(device)
         if precision not in ("auto", "fp32"):

@@ -26,6 +26,8 @@ __all__ = [
     "MassBinning",
     "DEFAULT_MASS_BINNING",
     "thresholds_for_efficiencies",
+    "nearest_level",
+    "densest_window",
     "EfficiencyScan",
     "significance_scan",
     "SignificanceCurve",
@@ -62,6 +64,39 @@ class MassBinning:
 
 
 DEFAULT_MASS_BINNING = MassBinning()
+
+
+def nearest_level(efficiencies: Sequence[float], efficiency: float) -> int:
+    """The index of the efficiency in ``efficiencies`` closest to ``efficiency`` in log scale."""
+    return int(np.argmin(np.abs(np.log10(np.asarray(efficiencies, dtype=np.float64))
+                                - np.log10(efficiency))))
+
+
+def densest_window(mass: np.ndarray, weights: np.ndarray, binning: MassBinning = DEFAULT_MASS_BINNING,
+                   fraction: float = 0.5) -> tuple[float, float]:
+    """The narrowest mass interval (GeV) holding ``fraction`` of the weight of the jets inside
+    ``binning``, snapped outward to its bin edges: a signal's mass window that the tails of
+    recoil jets do not widen. The whole binned range when no jet has positive weight in it."""
+    mass = np.asarray(mass, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    keep = np.isfinite(mass) & (weights > 0) & (mass >= binning.low) & (mass < binning.high)
+    if not keep.any():
+        return (float(binning.low), float(binning.high))
+    order = np.argsort(mass[keep])
+    mass = mass[keep][order]
+    cumulative = np.concatenate([[0.0], np.cumsum(weights[keep][order])])
+    # for every first jet i, the first last jet j with weight(i..j) >= fraction of the total
+    ends = np.searchsorted(cumulative, cumulative[:-1] + fraction * cumulative[-1], side="left")
+    starts = np.flatnonzero(ends <= len(mass))
+    widths = mass[ends[starts] - 1] - mass[starts]
+    best = starts[int(np.argmin(widths))]
+    low, high = mass[best], mass[int(ends[best]) - 1]
+    width = (binning.high - binning.low) / binning.bins
+    low = binning.low + np.floor((low - binning.low) / width) * width
+    high = binning.low + np.ceil((high - binning.low) / width) * width
+    low = float(np.clip(low, binning.low, binning.high - width))
+    high = float(np.clip(max(high, low + width), binning.low + width, binning.high))
+    return (low, high)
 
 
 def _sortable_keys(values: np.ndarray) -> np.ndarray:
@@ -208,7 +243,7 @@ class EfficiencyScan:
 
     def nearest_level(self, efficiency: float) -> int:
         """The level whose efficiency is closest to ``efficiency`` in log scale."""
-        return int(np.argmin(np.abs(np.log10(self.efficiencies) - np.log10(efficiency))))
+        return nearest_level(self.efficiencies, efficiency)
 
     def spectrum(self, level: int, processes: Sequence[int] | None = None) -> np.ndarray:
         """(bins,) summed weights in the mass bins (flow bins dropped) at ``level``."""
@@ -220,10 +255,6 @@ class EfficiencyScan:
     def spectrum_variance(self, level: int) -> np.ndarray:
         """(bins,) sum of squared weights: the variance of :meth:`spectrum` from MC statistics."""
         return self.sum_of_weights_squared[level].sum(axis=0)[1:-1]
-
-    def stack_variance(self, level: int) -> np.ndarray:
-        """(processes, bins) sum of squared weights per process at ``level``."""
-        return self.sum_of_weights_squared[level][:, 1:-1]
 
     def effective_jets(self, level: int) -> float:
         """Kish's effective number of jets passing ``level``, (sum w)^2 / sum w^2 over all

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from sophon.discriminant import PRESETS
-from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS
+from sophon.labels import FAMILIES, FAMILY_OF_CLASS, N_CLASSES, REWEIGHT_GROUP_OF_CLASS
 
 __all__ = ["TAGGING_PRESETS", "SIGNAL_EFFICIENCIES", "background_rejection", "tagging_figures",
            "class_accuracies", "selection_score"]
@@ -27,9 +27,7 @@ __all__ = ["TAGGING_PRESETS", "SIGNAL_EFFICIENCIES", "background_rejection", "ta
 #: The presets whose QCD rejection the project tracks (paper eqs. 5-6).
 TAGGING_PRESETS = ("A1: X->cs", "A2: X->bb", "A3: X->b q q")
 SIGNAL_EFFICIENCIES = (0.3, 0.5, 0.6)
-_IS_QCD = np.array([not c.resonant for c in CONTENTS])
-_GROUP_NAMES = tuple(REWEIGHT_GROUPS)
-_GROUP_OF_CLASS = np.array([_GROUP_NAMES.index(c.reweight_group) for c in CONTENTS])
+_IS_QCD = FAMILY_OF_CLASS == FAMILIES.index("QCD")
 
 
 def background_rejection(signal: np.ndarray, background: np.ndarray,
@@ -99,15 +97,12 @@ def class_accuracies(probabilities: np.ndarray, labels: np.ndarray,
     everything = np.ones(len(labels), bool)
     right = predicted == labels
     result = {"all classes": mean(right, everything)}
-    kinds = {"two_prong": np.array([c.resonant and c.prongs == 2 for c in CONTENTS]),
-             "three_four_prong": np.array([c.resonant and c.prongs > 2 for c in CONTENTS]),
-             "QCD": _IS_QCD}
-    for name, kind in kinds.items():
-        members = kind[labels]
+    for name in ("two_prong", "three_four_prong", "QCD"):
+        members = FAMILY_OF_CLASS[labels] == FAMILIES.index(name)
         if members.any():
             result[name] = mean(right, members)
-    result["reweighting group"] = mean(_GROUP_OF_CLASS[predicted] == _GROUP_OF_CLASS[labels],
-                                       everything)
+    group = REWEIGHT_GROUP_OF_CLASS
+    result["reweighting group"] = mean(group[predicted] == group[labels], everything)
     return result
 
 

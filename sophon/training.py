@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from sophon.atomic import atomic_output
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
-from sophon.labels import CONTENTS, N_CLASSES, REWEIGHT_GROUPS
+from sophon.labels import N_CLASSES, REWEIGHT_GROUP_OF_CLASS, REWEIGHT_GROUPS
 from sophon.model import (SophonConfig, SophonModel, count_parameters, freeze_batch_norms,
                           load_checkpoint, save_checkpoint, sophon_config)
 from sophon.scoring import resolve_device, resolve_precision
@@ -95,7 +95,6 @@ SDMASS_RANGE = (float(SDMASS_EDGES[0]), float(SDMASS_EDGES[-1]))  # GeV
 REWEIGHT_PERCENTILE = 70.0  # see the module docstring
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this many particles
 _GROUP_NAMES = tuple(REWEIGHT_GROUPS)
-_GROUP_OF_CLASS = np.array([_GROUP_NAMES.index(c.reweight_group) for c in CONTENTS])
 _GROUP_WEIGHTS = np.array([CLASS_WEIGHTS[name] for name in _GROUP_NAMES])
 
 
@@ -231,7 +230,7 @@ def flattening_factors(labels: np.ndarray, jet_pt: np.ndarray, jet_sdmass: np.nd
     min(1, reference / count of its (pT, mSD) cell), the reference being the ``percentile``-th
     percentile of the group's populated cells (cells below 1 % of the median count are ignored
     for it)."""
-    groups = _GROUP_OF_CLASS[labels]
+    groups = REWEIGHT_GROUP_OF_CLASS[labels]
     n_pt, n_mass = len(PT_EDGES) - 1, len(SDMASS_EDGES) - 1
     pt_bin = np.clip(np.searchsorted(PT_EDGES, jet_pt, side="right") - 1, 0, n_pt - 1)
     mass_bin = np.clip(np.searchsorted(SDMASS_EDGES, jet_sdmass, side="right") - 1, 0, n_mass - 1)
@@ -256,7 +255,7 @@ def acceptance(labels: np.ndarray, jet_pt: np.ndarray, jet_sdmass: np.ndarray,
     cannot fill its share at that cap is drawn at the cap, and its shortfall is not redistributed:
     the class priors then deviate from the published ones by that group's shortfall."""
     factors = flattening_factors(labels, jet_pt, jet_sdmass, percentile=percentile)
-    groups = _GROUP_OF_CLASS[labels]
+    groups = REWEIGHT_GROUP_OF_CLASS[labels]
     present = np.bincount(groups, minlength=len(_GROUP_NAMES)) > 0
     shares = np.where(present, _GROUP_WEIGHTS, 0.0)
     shares = shares / shares.sum()

@@ -33,7 +33,8 @@ from app.views import (ComposerView, EventView, JetDetailView, LatentView,  # no
                        RescoringView, SignificanceView, SpectrumView)
 from app.views.composer import picker_query  # noqa: E402
 from app.views.jet_detail import particle_types, read_constituents  # noqa: E402
-from app.views.latent import jet_table, latent_data, selection_frame, top_class  # noqa: E402
+from app.views.latent import jet_table, latent_data  # noqa: E402
+from sophon.analysis import most_probable_class, selection_frame  # noqa: E402
 from app.views.spectrum import curve_values  # noqa: E402
 
 def render(viewable) -> None:
@@ -411,7 +412,7 @@ def test_latent_data_is_shared_and_copy_free(explorer, synthetic_path):
     frame, names = data.categorical("process")
     assert np.shares_memory(frame["x"].to_numpy(), data.x)
     assert names == list(explorer.dataset.process_names)
-    assert np.array_equal(top_class(explorer.dataset.scores),
+    assert np.array_equal(most_probable_class(explorer.dataset.scores),
                           np.argmax(explorer.dataset.scores, axis=1))
     # true class groups, computed independently from the class names
     truth, groups = data.categorical("truth")

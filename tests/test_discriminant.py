@@ -127,3 +127,46 @@ def test_event_sum_adds_the_leading_jets():
 def test_latex_names_every_term():
     latex = PRESETS["W'->WWW triboson"].latex()
     assert "0.3" in latex and "W(2)" in latex and "\\frac" in latex
+
+
+def test_cut_on_d_is_the_logistic_of_the_log_odds_cut():
+    from sophon.discriminant import cut_on_d
+
+    for log_odds in (-3.0, 0.0, 2.0, 9.0):
+        g_a, g_b = np.exp(log_odds), 1.0  # any pair with this ratio
+        assert cut_on_d(log_odds) == pytest.approx(g_a / (g_a + g_b), rel=1e-12)
+    assert cut_on_d(float("inf")) == 1.0 and cut_on_d(-float("inf")) == 0.0
+    assert cut_on_d(1000.0) == 1.0
+    assert np.isnan(cut_on_d(float("nan")))
+
+
+def test_preset_name_finds_only_equal_presets():
+    from sophon.discriminant import preset_name
+
+    for name, preset in PRESETS.items():
+        assert preset_name(preset) == name
+    edited = Discriminant.from_dict({**PRESETS["A1: X->cs"].to_dict(), "name": "my X->cs"})
+    assert preset_name(edited) is None
+
+
+@pytest.mark.parametrize("numerator, denominator", [
+    ("X_cs", "X_cs"),                       # equal to the numerator
+    ("X_cs | X_cq", "X_cs"),                # inside the numerator
+    ("two_prong", "X_bb | X_cc"),           # inside a group numerator
+])
+def test_a_denominator_inside_the_numerator_is_refused(numerator, denominator):
+    with pytest.raises(DiscriminantError) as error:
+        Discriminant("d", (Term(numerator),), denominator=denominator)
+    message = str(error.value)
+    assert repr(denominator) in message and "g_B would be empty" in message
+    # from a file or a link too, with the same message
+    with pytest.raises(DiscriminantError, match="g_B would be empty"):
+        Discriminant.from_dict({"numerator": [{"classes": numerator}], "denominator": denominator})
+
+
+def test_classes_in_both_sets_are_named_and_counted_in_g_a_only():
+    overlapping = Discriminant("d", (Term("X_cs"),), denominator="QCD | X_cs | X_bb")
+    assert overlapping.classes_in_both == ["X_cs"]
+    assert "X_cs" not in overlapping.denominator_classes
+    assert sorted(overlapping.denominator_classes) == sorted([*select("QCD"), "X_bb"])
+    assert PRESETS["A1: X->cs"].classes_in_both == []

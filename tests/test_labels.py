@@ -137,3 +137,27 @@ def test_select_rejects_non_text():
 def test_no_eval_in_the_parser():
     source = open(labels.__file__).read()
     assert "eval(" not in source and "exec(" not in source
+
+
+def test_families_and_truth_groups_follow_the_class_names():
+    import numpy as np
+
+    from sophon.labels import (FAMILIES, FAMILY_OF_CLASS, REWEIGHT_GROUP_OF_CLASS,
+                               REWEIGHT_GROUPS, TRUTH_GROUP_OF_CLASS, TRUTH_GROUPS)
+
+    names = np.array(LABELS)
+    family = np.array(FAMILIES)[FAMILY_OF_CLASS]
+    # from the names alone: QCD_*, X_YY_* (three or four prongs), other X_* (two prongs)
+    expected = np.where(np.char.startswith(names, "QCD"), "QCD",
+                        np.where(np.char.startswith(names, "X_YY_"), "three_four_prong",
+                                 "two_prong"))
+    np.testing.assert_array_equal(family, expected)
+    assert (family == "QCD").sum() == 27
+    truth = np.array(TRUTH_GROUPS)[TRUTH_GROUP_OF_CLASS]
+    assert truth[LABELS.index("X_bb")] == "X→2 prongs, hadronic"
+    assert truth[LABELS.index("X_tauhtaue")] == "X→2 prongs, leptonic"
+    assert truth[LABELS.index("X_YY_qqqq")] == "X→YY 3/4 prongs, hadronic"
+    assert truth[LABELS.index("X_YY_qqee")] == "X→YY 3/4 prongs, leptonic"
+    assert all(truth[i] == "QCD" for i in np.flatnonzero(family == "QCD"))
+    groups = tuple(REWEIGHT_GROUPS)
+    assert all(LABELS[i] in REWEIGHT_GROUPS[groups[g]] for i, g in enumerate(REWEIGHT_GROUP_OF_CLASS))

@@ -147,3 +147,33 @@ def test_effective_jets_largest_share_and_achieved_efficiency_known_answers():
     assert np.all(np.isnan(EfficiencyScan.from_thresholds(
         values, mass_index, weights, np.zeros(100, int), ["QCD"], efficiencies=scan.efficiencies,
         thresholds=scan.thresholds, binning=binning).achieved_efficiencies))
+
+
+def test_nearest_level_in_log_scale():
+    from sophon.spectrum import nearest_level
+
+    efficiencies = DEFAULT_EFFICIENCIES
+    assert nearest_level(efficiencies, 1.0) == 0
+    assert nearest_level(efficiencies, 1e-4) == 8
+    # 0.05 lies 0.30 decades below 0.1 and 0.20 above 10^-1.5 = 0.0316: the latter is nearer
+    assert nearest_level(efficiencies, 0.05) == 3
+    assert nearest_level(efficiencies, 0.07) == 2
+
+
+def test_densest_window_holds_half_the_weight_in_the_narrowest_interval():
+    from sophon.spectrum import MassBinning, densest_window
+
+    binning = MassBinning(bins=50, low=0.0, high=500.0)
+    # a narrow peak at 80-90 GeV with 60 % of the weight, a broad tail elsewhere
+    rng = np.random.default_rng(3)
+    peak = rng.uniform(81.0, 89.0, 600)
+    tail = rng.uniform(150.0, 450.0, 400)
+    mass = np.concatenate([peak, tail, [np.nan, 700.0, -5.0]])
+    weights = np.ones(len(mass))
+    low, high = densest_window(mass, weights, binning)
+    assert (low, high) == (80.0, 90.0)  # snapped outward to the 10 GeV bin edges
+    # zero-weight jets do not count; a heavy tail jet pulls the window to itself
+    weights[600] = 10_000.0
+    low, high = densest_window(mass, weights, binning)
+    assert low <= mass[600] < high and high - low == 10.0
+    assert densest_window(np.array([np.nan]), np.array([1.0]), binning) == (0.0, 500.0)

@@ -26,45 +26,20 @@ import param
 import polars as pl
 from bokeh.models import BoxSelectTool, LassoSelectTool
 
-from sophon.analysis import DatasetAnalysis
+from sophon.analysis import DatasetAnalysis, selection_frame
 from sophon.discriminant import Discriminant
-from sophon.labels import CONTENTS, LABELS, N_CLASSES
+from sophon.labels import LABELS, N_CLASSES, TRUTH_GROUP_OF_CLASS, TRUTH_GROUPS
 
 from app.plots import category_colors
 from app.state import shared
 from app.views.base import ExplorerView, message, problem_message
 
 __all__ = ["LatentView", "LatentData", "SelectionTable", "latent_data", "jet_table",
-           "selection_frame", "COLOR_OPTIONS", "TRUTH_GROUPS", "top_class"]
+           "COLOR_OPTIONS"]
 
 COLOR_OPTIONS = {"process": "process", "true class group": "truth",
                  "most probable class": "top", "discriminant value D": "D"}
 TOP_CLASSES_SHOWN = 12  # the most frequent top classes get a colour; the rest are 'other'
-
-
-def _truth_group(content) -> str:
-    if not content.resonant:
-        return "QCD"
-    prongs = "X→2 prongs" if content.prongs == 2 else "X→YY 3/4 prongs"
-    return f"{prongs}, {'leptonic' if content.leptons else 'hadronic'}"
-
-
-TRUTH_GROUPS: tuple[str, ...] = ("QCD", "X→2 prongs, hadronic", "X→2 prongs, leptonic",
-                                 "X→YY 3/4 prongs, hadronic", "X→YY 3/4 prongs, leptonic")
-_TRUTH_OF_CLASS = np.array([TRUTH_GROUPS.index(_truth_group(c)) for c in CONTENTS], dtype=np.int8)
-
-
-def top_class(scores: np.ndarray) -> np.ndarray:
-    """(N,) int16 index of each jet's most probable class, one column at a time (the score
-    matrix is column-major)."""
-    best = np.zeros(len(scores), dtype=np.int16)
-    best_value = np.array(scores[:, 0], dtype=np.float32)
-    for index in range(1, scores.shape[1]):
-        column = scores[:, index]
-        better = column > best_value
-        best[better] = index
-        np.maximum(best_value, column, out=best_value)
-    return best
 
 
 class LatentData:
@@ -109,10 +84,10 @@ class LatentData:
         if kind == "truth":
             labels = dataset.column("jet_label").astype(np.int64)
             valid = (labels >= 0) & (labels < N_CLASSES)
-            codes = np.where(valid, _TRUTH_OF_CLASS[np.clip(labels, 0, N_CLASSES - 1)], -1)
+            codes = np.where(valid, TRUTH_GROUP_OF_CLASS[np.clip(labels, 0, N_CLASSES - 1)], -1)
             return codes.astype(np.int8), list(TRUTH_GROUPS)
         if kind == "top":
-            best = top_class(dataset.scores)
+            best = self.analysis.most_probable_class
             counts = np.bincount(best, minlength=N_CLASSES)
             frequent = [int(i) for i in np.argsort(-counts)[:TOP_CLASSES_SHOWN] if counts[i] > 0]
             lookup = np.full(N_CLASSES, len(frequent), dtype=np.int16)
@@ -173,21 +148,6 @@ def latent_plot(data: LatentData, kind: str, points=None, *, height: int = 480,
 
 # --- the selected jets ------------------------------------------------------------------------
 _TABLE_COLUMNS = {"process": "process", "jet_sdmass": "mSD", "jet_pt": "pT", "jet_eta": "η"}
-_EXPORT_COLUMNS = ("event_id", "jet_rank", "process", "weight", "jet_label", "jet_pt", "jet_eta",
-                   "jet_phi", "jet_energy", "jet_sdmass", "jet_nparticles", "jet_tau1", "jet_tau2",
-                   "jet_tau3", "jet_tau4", "umap_x", "umap_y")
-
-
-def top_classes(analysis: DatasetAnalysis, rows: np.ndarray, k: int = 5,
-                chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """The library's top-``k`` classes of ``rows``, a chunk of rows at a time (a download of a
-    large selection never copies more than ``chunk`` rows of scores at once)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-    parts = [analysis.top_classes(rows[start:start + chunk], k=k)
-             for start in range(0, len(rows), chunk)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def jet_table(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discriminant,
@@ -202,38 +162,13 @@ def jet_table(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discrim
             data[title] = (pd.Series(values, dtype=object) if column == "process"
                            else np.round(values.astype(float), 2))
     data["D"] = np.round(analysis.discriminant(discriminant)[rows].astype(float), 4)
-    if len(rows):
-        top, probabilities = analysis.top_classes(rows, k=k)
-    else:
-        top, probabilities = np.zeros((0, k), dtype=int), np.zeros((0, k))
+    top, probabilities = analysis.top_classes(rows, k=k)
     for position in range(k):
         # object dtype: the table widget does not serialise pandas' arrow-backed strings
         data[f"top {position + 1}"] = pd.Series(
             [f"{LABELS[c]} {p:.3f}" for c, p in zip(top[:, position], probabilities[:, position])],
             dtype=object)
     return pd.DataFrame(data)
-
-
-def selection_frame(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discriminant,
-                    k: int = 5) -> pl.DataFrame:
-    """The selected jets for download: the dataset's jet columns, D, ln(g_A/g_B), the top-``k``
-    classes and their probabilities."""
-    rows = np.asarray(rows, dtype=np.int64)
-    dataset = analysis.dataset
-    columns = {"jet": rows}
-    for name in _EXPORT_COLUMNS:
-        if dataset.has(name):
-            columns[name] = dataset.column(name)[rows]
-    columns["D"] = analysis.discriminant(discriminant)[rows]
-    columns["log_odds"] = analysis.log_odds(discriminant)[rows]
-    top, probabilities = top_classes(analysis, rows, k)
-    labels = np.array(LABELS, dtype=object)
-    for position in range(k):
-        columns[f"top{position + 1}_class"] = labels[top[:, position]] if len(rows) else \
-            np.zeros(0, dtype=object)
-        columns[f"top{position + 1}_prob"] = probabilities[:, position]
-    return pl.DataFrame({name: (list(values) if np.asarray(values).dtype == object else values)
-                         for name, values in columns.items()})
 
 
 class SelectionTable(ExplorerView):

@@ -154,10 +154,10 @@ class RescoreJob:
 
 
 def output_path(analysis: DatasetAnalysis, model: Path) -> Path:
-    from sophon.model import file_digest
+    from sophon.manifest import sha256_file
 
     stem = analysis.dataset.path.stem or "dataset"
-    return output_dir() / f"{stem}-rescored-{model.stem}-{file_digest(model, 10)}.parquet"
+    return output_dir() / f"{stem}-rescored-{model.stem}-{sha256_file(model)[:10]}.parquet"
 
 
 def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto",

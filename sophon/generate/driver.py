@@ -29,7 +29,7 @@ from sophon.generate.events import GenerationError
 from sophon.generate.pipeline import ChunkResult, ChunkSpec, JetSelection, run_chunk
 from sophon.atomic import publish, temporary_beside
 from sophon.generate.writer import JETCLASS_SCHEMA, SM_SCHEMA, with_metadata
-from sophon.labels import CONTENTS
+from sophon.labels import FAMILIES, FAMILY_OF_CLASS
 
 __all__ = ["GenerationReport", "plan_training", "plan_sm", "run_chunks", "generate_training",
            "generate_sm", "TRAINING_FILES", "SM_FILE", "MB_TO_FB"]
@@ -38,8 +38,9 @@ MB_TO_FB = 1e12  # 1 mb = 10^12 fb
 SM_FILE = "SM.parquet"
 #: Training output: one file per JetClass-II part, chosen by the jet's class.
 TRAINING_FILES = {"Res2P": "Res2P.parquet", "Res34P": "Res34P.parquet", "QCD": "QCD.parquet"}
-_PART_OF_LABEL = np.array(["QCD" if not c.resonant else ("Res2P" if c.prongs == 2 else "Res34P")
-                           for c in CONTENTS])
+#: JetClass-II's part of each class family of :data:`sophon.labels.FAMILIES`.
+_PART_OF_FAMILY = {"QCD": "QCD", "two_prong": "Res2P", "three_four_prong": "Res34P"}
+_PART_OF_LABEL = np.array([_PART_OF_FAMILY[family] for family in FAMILIES])[FAMILY_OF_CLASS]
 _KIND_CODE = {"training": 1, "sm": 2}
 
 

@@ -24,7 +24,7 @@ import awkward as ak
 import numpy as np
 
 __all__ = ["Jets", "cluster", "substructure", "softdrop_masses", "softdrop_masses_fastjet",
-           "softdrop_mass_reference", "kinematics", "SOFTDROP", "NSUBJETTINESS"]
+           "softdrop_mass_reference", "kinematics", "delta_phi", "SOFTDROP", "NSUBJETTINESS"]
 
 SOFTDROP = {"beta": 0.0, "symmetry_cut": 0.1, "R0": 0.8}
 NSUBJETTINESS = {"measure_definition": "NormalizedMeasure", "axes_definition": "OnePass_KT_Axes",
@@ -60,13 +60,21 @@ def _events(offsets, px, py, pz, e) -> ak.Array:
 
 
 def kinematics(px, py, pz, e):
-    """pT, pseudorapidity, azimuth and mass of four-vectors (arrays)."""
+    """pT, pseudorapidity, azimuth and mass of four-vectors (arrays).
+
+    Not ``vector``: its conventions differ where the clustering needs these (eta = +-inf at
+    pT = 0 where this gives 0; a negative mass for spacelike rounding where this gives 0)."""
     pt = np.hypot(px, py)
     with np.errstate(divide="ignore", invalid="ignore"):
         eta = np.arcsinh(np.where(pt > 0, pz / np.where(pt > 0, pt, 1.0), 0.0))
     phi = np.arctan2(py, px)
     mass = np.sqrt(np.maximum(e * e - px * px - py * py - pz * pz, 0.0))
     return pt, eta, phi, mass
+
+
+def delta_phi(phi_a, phi_b):
+    """phi_a - phi_b wrapped into [-pi, pi) (radians; arrays or scalars)."""
+    return (np.asarray(phi_a) - phi_b + np.pi) % (2 * np.pi) - np.pi
 
 
 @dataclass
@@ -385,8 +393,7 @@ def softdrop_mass_reference(px, py, pz, e, *, zcut: float = 0.1, beta: float = 0
 
     def delta_r2(a, b):
         (ya, pa), (yb, pb) = rap_phi(a), rap_phi(b)
-        dphi = (pa - pb + np.pi) % (2 * np.pi) - np.pi
-        return (ya - yb) ** 2 + dphi ** 2
+        return (ya - yb) ** 2 + delta_phi(pa, pb) ** 2
 
     if not vectors:
         return 0.0

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from sophon.generate.detector import DetectorConfig, ParticleSet, emulate, visible_particles
 from sophon.generate.events import EventBatch, Generator
-from sophon.generate.jets import Jets, _ranges, cluster, kinematics, substructure
+from sophon.generate.jets import Jets, _ranges, cluster, delta_phi, kinematics, substructure
 from sophon.generate.truth import (CAT_PARTON, CAT_PRODUCT, CAT_TAU, CAT_X, CAT_Y, Truth,
                                    aux_for_sm_jets, label_qcd_jets, label_resonant_jets,
                                    qcd_partons, resonance_truth)
@@ -118,10 +118,6 @@ def _offsets_from_counts(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
-
-
 class _Clock:
     """Accumulates CPU time per stage."""
 
@@ -215,7 +211,7 @@ def _constituents_around_axis(jets: Jets, particles: ParticleSet, eta, phi):
                                   particles["pz"][index], particles["e"][index])
     sign = np.where(eta >= 0, 1.0, -1.0)
     return (index, jets.constituent_offsets, sign[owner] * (peta - eta[owner]),
-            _wrap(pphi - phi[owner]))
+            delta_phi(pphi, phi[owner]))
 
 
 def _reco_columns(jets: Jets, pt, eta, phi, reco: ParticleSet, shape: dict, labels) -> dict:
@@ -265,7 +261,7 @@ def _match_gen_jets(jets: Jets, eta, phi, gen: ParticleSet, sel: JetSelection) -
     reco_of_pair = np.repeat(np.arange(len(jets)), counts)
     gen_of_pair = _ranges(starts[:-1][jets.event], counts)
     deta = geta[gen_of_pair] - eta[reco_of_pair]
-    dphi = _wrap(gphi[gen_of_pair] - phi[reco_of_pair])
+    dphi = delta_phi(gphi[gen_of_pair], phi[reco_of_pair])
     dr2 = deta * deta + dphi * dphi
     best = np.full(len(jets), np.inf)
     np.minimum.at(best, reco_of_pair, dr2)

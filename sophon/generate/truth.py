@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from sophon.generate.events import EventBatch
-from sophon.generate.jets import Jets, kinematics, _ranges
+from sophon.generate.jets import Jets, _ranges, delta_phi, kinematics
 from sophon.labels import CONTENTS, LABELS
 
 __all__ = ["TOKENS", "Truth", "resonance_truth", "qcd_partons", "label_resonant_jets",
@@ -245,7 +245,7 @@ def _jet_pairs(jets: Jets, jet_eta: np.ndarray, jet_phi: np.ndarray, truth: Trut
     jet_index = np.repeat(np.arange(len(jets)), counts)
     rows = order[_ranges(starts[:-1][jets.event], counts)]
     deta = truth.eta[rows] - jet_eta[jet_index]
-    dphi = (truth.phi[rows] - jet_phi[jet_index] + np.pi) % (2 * np.pi) - np.pi
+    dphi = delta_phi(truth.phi[rows], jet_phi[jet_index])
     inside = deta * deta + dphi * dphi < MATCH_RADIUS ** 2
     return jet_index, rows, inside
 
