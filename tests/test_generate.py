@@ -298,6 +298,36 @@ def test_sm_sample_weights_and_columns(tmp_path):
     assert np.all(np.abs(table["jet_eta"].to_numpy()) < 2.5)
 
 
+def test_an_interrupted_sm_run_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
+    from sophon.generate import driver
+
+    kwargs = dict(seed=4, workers=1, processes={"ttbar": 1, "Higgs": 1}, luminosity_fb=50.0,
+                  mpi=False, chunk_events=40, progress=False)
+    whole = generate_sm(tmp_path / "whole", 160, **kwargs)  # 4 chunks: ttbar 0, 1; Higgs 2, 3
+    real_run, ran, armed = driver.run_chunk, [], [True]
+
+    def run_or_fail(spec):
+        ran.append(spec.index)
+        if spec.index == 2 and armed[0]:
+            raise RuntimeError("power cut")
+        return real_run(spec)
+
+    monkeypatch.setattr(driver, "run_chunk", run_or_fail)
+    with pytest.raises(GenerationError, match="power cut"):
+        generate_sm(tmp_path / "resumed", 160, **kwargs)
+    assert not (tmp_path / "resumed" / "SM.parquet").exists()
+    # the finished chunks belong to this run only: another seed is refused, nothing is mixed
+    with pytest.raises(GenerationError, match="chunks of another run"):
+        generate_sm(tmp_path / "resumed", 160, **{**kwargs, "seed": 5})
+    armed[0] = False
+    ran.clear()
+    resumed = generate_sm(tmp_path / "resumed", 160, **kwargs)
+    assert ran == [2, 3]  # only the chunks that had not finished
+    assert pq.read_table(resumed.files[0]).equals(pq.read_table(whole.files[0]))
+    assert resumed.n_events == 160
+    assert not (tmp_path / "resumed" / driver.CHUNK_FOLDER).exists()
+
+
 def test_command_line(tmp_path):
     from sophon.cli import main
 

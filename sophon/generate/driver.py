@@ -11,9 +11,11 @@ renamed at the end, so an interrupted run never leaves a partial file behind.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import platform
+import shutil
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 from sophon.generate import settings as cards
 from sophon.generate.events import GenerationError
 from sophon.generate.pipeline import ChunkResult, ChunkSpec, JetSelection, run_chunk
-from sophon.atomic import publish, temporary_beside
+from sophon.atomic import atomic_output, publish, temporary_beside
 from sophon.generate.writer import JETCLASS_SCHEMA, SM_SCHEMA, with_metadata
 from sophon.labels import FAMILIES, FAMILY_OF_CLASS
 
@@ -36,6 +38,8 @@ __all__ = ["GenerationReport", "plan_training", "plan_sm", "run_chunks", "genera
 
 MB_TO_FB = 1e12  # 1 mb = 10^12 fb
 SM_FILE = "SM.parquet"
+#: Finished chunks of an SM run that has not written SM_FILE yet (see :class:`_ChunkStore`).
+CHUNK_FOLDER = ".chunks"
 #: Training output: one file per JetClass-II part, chosen by the jet's class.
 TRAINING_FILES = {"Res2P": "Res2P.parquet", "Res34P": "Res34P.parquet", "QCD": "QCD.parquet"}
 #: JetClass-II's part of each class family of :data:`sophon.labels.FAMILIES`.
@@ -280,6 +284,63 @@ class _AtomicWriter:
         self.temporary.unlink(missing_ok=True)
 
 
+class _ChunkStore:
+    """The finished chunks of one SM run, kept in ``folder`` so that an interrupted run resumes
+    where it stopped: per chunk its jets (``NNNNNN.parquet``) and then its bookkeeping
+    (``NNNNNN.json``, written last: a chunk is finished when its JSON exists), each written
+    atomically. ``plan.json`` records every chunk's seeds and settings; chunks of another plan
+    are never mixed in."""
+
+    def __init__(self, folder: Path, specs: list[ChunkSpec]):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        plan = [{**_spec_record(s), "first_event_id": s.first_event_id,
+                 "settings": list(s.settings), "selection": asdict(s.selection)} for s in specs]
+        plan_path = folder / "plan.json"
+        if plan_path.exists():
+            try:
+                previous = json.loads(plan_path.read_text())
+            except ValueError as error:
+                raise GenerationError(f"{plan_path}: unreadable ({error}); remove {folder} to "
+                                      f"start the run afresh") from None
+            if previous != plan:
+                raise GenerationError(f"{folder} holds the chunks of another run (other events, "
+                                      f"seed, processes or settings); remove it, or generate "
+                                      f"into another folder")
+        else:
+            with atomic_output(plan_path) as temporary:
+                temporary.write_text(json.dumps(plan))
+
+    def _stem(self, spec: ChunkSpec) -> Path:
+        return self.folder / f"{spec.index:06d}"
+
+    def finished(self, spec: ChunkSpec) -> bool:
+        return self._stem(spec).with_suffix(".json").exists()
+
+    def save(self, result: ChunkResult) -> None:
+        stem = self._stem(result.spec)
+        with atomic_output(stem.with_suffix(".parquet")) as temporary:
+            pq.write_table(result.table, temporary, compression="zstd",
+                           use_compliant_nested_type=False)
+        record = {"n_events": result.n_events, "weight_sum": result.weight_sum,
+                  "sigma_mb": result.sigma_mb, "sigma_error_mb": result.sigma_error_mb,
+                  "seconds": result.seconds, "cpu_seconds": result.cpu_seconds,
+                  "timings": result.timings}
+        with atomic_output(stem.with_suffix(".json")) as temporary:
+            temporary.write_text(json.dumps(record))
+
+    def result(self, spec: ChunkSpec) -> ChunkResult:
+        """A finished chunk's bookkeeping (its table left empty: read it with :meth:`table`)."""
+        record = json.loads(self._stem(spec).with_suffix(".json").read_text())
+        return ChunkResult(spec=spec, table=SM_SCHEMA.empty_table(), **record)
+
+    def table(self, spec: ChunkSpec) -> pa.Table:
+        return pq.read_table(self._stem(spec).with_suffix(".parquet"))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _stage_seconds(results: list[ChunkResult]) -> dict[str, float]:
     total: dict[str, float] = {}
     for result in results:
@@ -378,6 +439,10 @@ def generate_sm(output_dir: str | os.PathLike, n_events: int, *, seed: int = 0,
     ((pTHatMin / pTHat)^bias_power; 1 with ``bias_power = 0``, and then weight = sigma L / N) and
     the sum over *all* generated events, triggered or not: a weight is the number of such events
     expected in L.
+
+    Resumable: finished chunks are kept in ``output_dir/.chunks`` until ``SM.parquet`` is
+    written; the same command run again after an interruption generates only the missing ones
+    (same seeds, so the file is the one an uninterrupted run writes).
     """
     if n_events < 1:
         raise ValueError(f"n_events must be positive, not {n_events}")
@@ -388,48 +453,48 @@ def generate_sm(output_dir: str | os.PathLike, n_events: int, *, seed: int = 0,
                     ecm=ecm, pt_hat_min=pt_hat_min, bias_power=bias_power,
                     extra_settings=tuple(extra_settings))
     output_dir = Path(output_dir)
-    raw = _AtomicWriter(output_dir / (SM_FILE + ".raw"), SM_SCHEMA)
+    store = _ChunkStore(output_dir / CHUNK_FOLDER, specs)
+    missing = [spec for spec in specs if not store.finished(spec)]
+    if progress and len(missing) < len(specs):
+        print(f"resuming: {len(specs) - len(missing)} of {len(specs)} chunks already in "
+              f"{store.folder}")
+    run_chunks(missing, workers=workers, progress=progress, description="SM",
+               on_result=store.save)
+    results = [store.result(spec) for spec in specs]
+    per_process = _process_normalisation(results, luminosity_fb)
+    metadata = {
+        "sample": "sm", "seed": seed, "n_events": n_events, "mpi": mpi, "ecm_gev": ecm,
+        "luminosity_fb": luminosity_fb, "pt_hat_min_gev": pt_hat_min,
+        "trigger": f"pT sum of the {JetSelection().jets_per_event} leading R=0.8 jets with "
+                   f"|eta| < {JetSelection().abs_eta_max:g} > "
+                   f"{JetSelection().trigger_pt_sum:g} GeV; those jets are kept if "
+                   f"{JetSelection().pt_min:g} < pT < {JetSelection().pt_max:g} GeV",
+        "bias_power": bias_power,
+        "weight": "expected events in luminosity_fb: sigma * L * w / sum(w), w the Pythia "
+                  "event weight (pTHat bias), sums over all generated events",
+        "processes": per_process, "versions": _versions(),
+        "common_settings": list(cards.COMMON), "extra_settings": list(extra_settings),
+        "process_settings": {name: list(card.settings)
+                             for name, card in cards.SM_PROCESSES.items()},
+        "chunks": [_spec_record(s) for s in specs], "selection": asdict(JetSelection()),
+        "jet_label": "-1: SM jets carry no JetClass-II truth class (see aux_genpart_*)",
+    }
+    final = _AtomicWriter(output_dir / SM_FILE,
+                          with_metadata(SM_SCHEMA.empty_table(), metadata,
+                                        luminosity_fb=luminosity_fb).schema)
     try:
-        results = run_chunks(specs, workers=workers, progress=progress, description="SM",
-                             on_result=lambda result: raw.write(result.table))
-        raw.writer.close()
-        per_process = _process_normalisation(results, luminosity_fb)
-        metadata = {
-            "sample": "sm", "seed": seed, "n_events": n_events, "mpi": mpi, "ecm_gev": ecm,
-            "luminosity_fb": luminosity_fb, "pt_hat_min_gev": pt_hat_min,
-            "trigger": f"pT sum of the {JetSelection().jets_per_event} leading R=0.8 jets with "
-                       f"|eta| < {JetSelection().abs_eta_max:g} > "
-                       f"{JetSelection().trigger_pt_sum:g} GeV; those jets are kept if "
-                       f"{JetSelection().pt_min:g} < pT < {JetSelection().pt_max:g} GeV",
-            "bias_power": bias_power,
-            "weight": "expected events in luminosity_fb: sigma * L * w / sum(w), w the Pythia "
-                      "event weight (pTHat bias), sums over all generated events",
-            "processes": per_process, "versions": _versions(),
-            "common_settings": list(cards.COMMON), "extra_settings": list(extra_settings),
-            "process_settings": {name: list(card.settings)
-                                 for name, card in cards.SM_PROCESSES.items()},
-            "chunks": [_spec_record(s) for s in specs], "selection": asdict(JetSelection()),
-            "jet_label": "-1: SM jets carry no JetClass-II truth class (see aux_genpart_*)",
-        }
-        final = _AtomicWriter(output_dir / SM_FILE,
-                              with_metadata(SM_SCHEMA.empty_table(), metadata,
-                                            luminosity_fb=luminosity_fb).schema)
-        try:
-            scale = {name: p["weight_per_unit_event_weight"] for name, p in per_process.items()}
-            source = pq.ParquetFile(raw.temporary)
-            for group in range(source.num_row_groups):
-                table = source.read_row_group(group)
-                factor = np.array([scale[p] for p in table["process"].to_pylist()])
-                weight = table["weight"].to_numpy() * factor
-                table = table.set_column(table.schema.get_field_index("weight"),
-                                         SM_SCHEMA.field("weight"), pa.array(weight))
-                final.write(table.cast(SM_SCHEMA))
-            path = final.commit()
-        except BaseException:
-            final.abort()
-            raise
-    finally:
-        raw.abort()
+        scale = {name: p["weight_per_unit_event_weight"] for name, p in per_process.items()}
+        for spec in specs:
+            table = store.table(spec)
+            weight = table["weight"].to_numpy() * scale[spec.sample]
+            table = table.set_column(table.schema.get_field_index("weight"),
+                                     SM_SCHEMA.field("weight"), pa.array(weight))
+            final.write(table.cast(SM_SCHEMA))
+        path = final.commit()
+    except BaseException:
+        final.abort()
+        raise
+    store.remove()
     return GenerationReport(
         files=[path], n_events=sum(r.n_events for r in results), n_jets=final.rows,
         wall_seconds=time.perf_counter() - start,
