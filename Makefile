@@ -44,25 +44,21 @@ test: install chromium
 bench: install
 	$(BIN)/python benchmarks/bench_core.py --jets 1000000 10000000
 
-# Rebuild the embedded default from scratch (data/models + data/default; about 90 minutes on two
-# CPU cores, most of it training). Intermediate files go to $(WORK). See docs/default_dataset.md.
-WORK ?= build/default
-MODEL := data/models/sophon-small.pt
+# Rebuild the embedded default dataset from scratch with the model $(DEFAULT_MODEL) (made by
+# `make model`): a two-million-event SM sample (resumable), scored, thinned to the storage budget
+# and embedded. Intermediate files go to $(WORK). Design and timings: docs/default_dataset.md.
+WORK          ?= build/default
+DEFAULT_MODEL ?= data/models/sophon-small-v2.pt
+SM_EVENTS     ?= 2000000
+SM_PROCESSES  ?= QCD=0.88,W+jets=0.035,Z+jets=0.035,ttbar=0.03,single top=0.006,diboson=0.007,Higgs=0.007
+THIN_KEEP     ?= 0.1
 default: install
-	$(BIN)/sophon generate training --events 60000 --seed 1 --no-mpi -o $(WORK)/train1
-	$(BIN)/sophon generate training --events 100000 --seed 2 --no-mpi \
-	  --parts res2p=1,res34p=3,qcd=1.2 -o $(WORK)/train2
-	$(BIN)/sophon generate training --events 30000 --seed 3 --no-mpi -o $(WORK)/test
-	$(BIN)/sophon generate sm --events 200000 --seed 8 --no-mpi --lumi 138 -o $(WORK)/sm \
-	  --processes "QCD=0.7,W+jets=0.06,Z+jets=0.06,ttbar=0.06,single top=0.04,diboson=0.04,Higgs=0.04"
-	$(BIN)/sophon train $(WORK)/train1/*.parquet $(WORK)/train2/*.parquet -o $(MODEL) \
-	  --config small --epochs 12 --samples-per-epoch 102400 --learning-rate 1e-3 \
-	  --precision bf16 --validation-fraction 0.05 --seed 0
-	$(BIN)/sophon evaluate $(MODEL) $(WORK)/test/*.parquet -o $(WORK)/evaluation.json
-	$(BIN)/sophon score $(WORK)/sm/SM.parquet --model $(MODEL) -o $(WORK)/scored --precision fp32
-	$(BIN)/sophon package $(WORK)/scored -o data/default/sm.parquet --model $(MODEL) \
-	  --constituents $(WORK)/sm/SM.parquet --constituent-jets 2000 --latent-bits 7 \
-	  --thin-keep 0.3 --thin-qcd 0.1 --seed 0
+	$(BIN)/sophon generate sm --events $(SM_EVENTS) --seed 8 --no-mpi --lumi 138 --bias-power 1.5 \
+	  --processes "$(SM_PROCESSES)" -o $(WORK)/sm
+	$(BIN)/sophon score $(WORK)/sm/SM.parquet --model $(DEFAULT_MODEL) -o $(WORK)/scored --precision fp32
+	$(BIN)/sophon package $(WORK)/scored -o data/default/sm.parquet --model $(DEFAULT_MODEL) \
+	  --constituents $(WORK)/sm/SM.parquet --constituent-jets 1500 --latent-codes \
+	  --protect-efficiency 1e-3 --thin-keep $(THIN_KEEP) --seed 0
 	$(BIN)/sophon embed data/default --seed 0
 
 # The next default model (docs/training.md): 8 x 210,000 training events (2.1 M selected jets) and
