@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "sophon.embedding",
     "sophon.synthetic",
     "sophon.packaging",
+    "sophon.delphes",
 )
 
 

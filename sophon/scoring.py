@@ -13,7 +13,10 @@ Command line::
                  [--precision auto|fp32|bf16|fp16] [--batch-size N] [--compile] [--overwrite]
 
 writes ``DATASET/part-<input stem>.parquet`` per input (atomically), skipping inputs whose part is
-already complete, so an interrupted run resumes where it stopped.
+already complete, so an interrupted run resumes where it stopped. An input ending in ``.root`` is
+a Delphes file: its jets (``--jet-branch``, default ``JetPUPPIAK8``) are read with their
+constituents as :mod:`sophon.delphes` reads them, streamed, and ``event_id`` counts on across the
+ROOT inputs of one run (the second file's first event follows the first file's last).
 
 Hostile or broken input stops the run with a message and exit code 2, before anything is
 written for that input: an output folder that cannot be created or written to (checked before
@@ -202,9 +205,30 @@ def _input_metadata_luminosity(schema: pa.Schema) -> float | None:
     return None if metadata is None else metadata.luminosity_fb
 
 
-def _featurised_chunks(parquet: pq.ParquetFile, columns: list[str], chunk_jets: int,
+class _ParquetInput:
+    """A JetClass-II parquet input, seen as scoring reads every input: ``schema_arrow``,
+    ``num_rows`` and ``iter_batches`` (a Delphes input is a :class:`sophon.delphes.DelphesFile`)."""
+
+    def __init__(self, source: Path):
+        try:
+            self._parquet = pq.ParquetFile(source)
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"{source}: not a readable parquet file ({error})") from None
+        self.schema_arrow = self._parquet.schema_arrow
+        self.num_rows = self._parquet.metadata.num_rows
+
+    def iter_batches(self, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        return self._parquet.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def is_delphes_input(source: str | os.PathLike) -> bool:
+    """An input read as a Delphes ROOT file (by its ``.root`` suffix)."""
+    return Path(source).suffix.lower() == ".root"
+
+
+def _featurised_chunks(reader, columns: list[str], chunk_jets: int,
                        source: str) -> Iterator[tuple[pa.RecordBatch, RaggedInputs]]:
-    for batch in parquet.iter_batches(batch_size=chunk_jets, columns=columns):
+    for batch in reader.iter_batches(batch_size=chunk_jets, columns=columns):
         yield batch, ragged_inputs(batch, source_name=source)
 
 
@@ -221,8 +245,10 @@ def _prefetched(items: Iterator[T]) -> Iterator[T]:
 def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, scorer: Scorer, *,
                 overwrite: bool = False, luminosity_fb: float | None = None,
                 chunk_jets: int = DEFAULT_CHUNK_JETS, progress: bool = True,
-                prefetch: bool | None = None, log=print) -> list[Path]:
-    """Score JetClass-II parquet files into the dataset directory ``output``, one part per input.
+                prefetch: bool | None = None, log=print,
+                jet_branch: str | None = None) -> list[Path]:
+    """Score JetClass-II parquet files (or Delphes ``.root`` files, their ``jet_branch``, default
+    ``JetPUPPIAK8``) into the dataset directory ``output``, one part per input.
 
     Files are streamed in chunks of ``chunk_jets`` jets; each part is written atomically once its
     input is complete, and inputs whose part is already complete (same model, same row count) are
@@ -247,31 +273,36 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
                              f"{part_path(output, source).name}; rename one")
         seen[source.stem] = source
 
-    files: list[tuple[Path, pq.ParquetFile]] = []
+    files: list[tuple[Path, object]] = []
+    next_event_id = 0
     for source in sources:
-        try:
-            parquet = pq.ParquetFile(source)
-        except (OSError, pa.ArrowException) as error:
-            raise ValueError(f"{source}: not a readable parquet file ({error})") from None
+        if is_delphes_input(source):
+            from sophon.delphes import DEFAULT_JET_BRANCH, DelphesFile
+
+            parquet = DelphesFile(source, jet_branch=jet_branch or DEFAULT_JET_BRANCH,
+                                  event_id_offset=next_event_id)
+            next_event_id += parquet.num_events
+        else:
+            parquet = _ParquetInput(source)
         _check_columns(parquet.schema_arrow.names, str(source))
-        if parquet.metadata.num_rows == 0:
+        if parquet.num_rows == 0:
             raise ValueError(f"{source}: holds no jets (empty file)")
         files.append((source, parquet))
     check_output_folder(output)
 
     parts: list[Path] = []
-    todo: list[tuple[Path, pq.ParquetFile, Path]] = []
+    todo: list[tuple[Path, object, Path]] = []
     for source, parquet in files:
         part = part_path(output, source)
         parts.append(part)
         state = "missing" if overwrite else _existing_part_state(
-            part, source, parquet.metadata.num_rows, scorer.model_id)
+            part, source, parquet.num_rows, scorer.model_id)
         if state == "complete":
             log(f"{source.name}: already scored in {part}, skipped")
         else:
             todo.append((source, parquet, part))
 
-    total = sum(parquet.metadata.num_rows for _, parquet, _ in todo)
+    total = sum(parquet.num_rows for _, parquet, _ in todo)
     with tqdm(total=total, unit="jet", unit_scale=True, disable=not progress or total == 0,
               file=sys.stderr, dynamic_ncols=True) as bar:
         for source, parquet, part in todo:
@@ -298,7 +329,7 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
                 _input_metadata_luminosity(parquet.schema_arrow)
             metadata = DatasetMetadata(
                 luminosity_fb=luminosity, model_id=scorer.model_id,
-                extra={"source_file": source.name, "source_rows": parquet.metadata.num_rows,
+                extra={"source_file": source.name, "source_rows": parquet.num_rows,
                        "scorer": scorer.description})
             write_dataset(part, jets, scores=np.concatenate(scores), latents=np.concatenate(latents),
                           metadata=metadata)
@@ -406,7 +437,7 @@ def _score(args: argparse.Namespace) -> int:
     log(f"scoring with {scorer.model_id} ({scorer.description})")
     parts = score_files(args.inputs, args.output, scorer, overwrite=args.overwrite,
                         luminosity_fb=args.luminosity_fb, chunk_jets=args.chunk_jets,
-                        progress=not args.quiet, log=log)
+                        progress=not args.quiet, log=log, jet_branch=args.jet_branch)
     log(f"wrote {len(parts)} part(s) to {args.output}")
     return 0
 
@@ -414,12 +445,14 @@ def _score(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     """Add ``sophon score``."""
     parser = subparsers.add_parser(
-        "score", help="score JetClass-II parquet files with a Sophon model into a dataset",
+        "score", help="score JetClass-II parquet files (or Delphes ROOT files) with a Sophon "
+                      "model into a dataset",
         description="Score JetClass-II-schema parquet files (published or generated) with a Sophon "
                     "model (.pt checkpoint or .onnx) and write a dataset directory with one part per "
                     "input: jet columns, the 188 class probabilities and the 128-d latent. Parts are "
                     "written atomically; rerunning skips inputs already scored.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JetClass-II parquet file(s)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="JetClass-II parquet file(s), or Delphes ROOT file(s) (*.root)")
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="model: a PyTorch state dict (published mod.* layout) or an ONNX file")
     parser.add_argument("-o", "--output", required=True, metavar="DATASET",
@@ -436,6 +469,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
     parser.add_argument("--luminosity-fb", type=float, default=None,
                         help="dataset luminosity in fb^-1 (default: taken from the inputs, if any)")
+    parser.add_argument("--jet-branch", default=None, metavar="BRANCH",
+                        help="for .root inputs: the Delphes Jet-class branch (default JetPUPPIAK8)")
     parser.add_argument("--overwrite", action="store_true", help="rescore inputs already scored")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     parser.set_defaults(handler=_main)

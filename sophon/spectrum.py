@@ -10,6 +10,13 @@ moving between efficiencies never touches the jets again.
 Thresholds are found exactly without sorting all jets: the discriminant's float32 bit patterns
 are bucketed (monotonic in value), the bucket holding each cut is located from cumulative bucket
 weights, and only the jets of those few buckets are sorted.
+
+Every spectrum is also a scikit-hep ``hist.Hist`` with ``Weight`` storage (sum of weights and of
+squared weights, flow bins included) and named, labelled axes: ``process`` (a category) and
+``mass`` (GeV, labelled by the scan's :attr:`EfficiencyScan.mass_label`):
+:meth:`EfficiencyScan.to_hist` (the stack at a level), :meth:`EfficiencyScan.spectrum_hist` (its
+sum over processes), :meth:`SignificanceCurve.to_hist` (the templates behind a significance
+point). :mod:`sophon.histograms` writes them to ROOT (uproot), ``.npz`` and JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from sophon.stats import asimov_significance
 
 __all__ = [
     "DEFAULT_EFFICIENCIES",
+    "JET_MASS_LABEL",
+    "DIJET_MASS_LABEL",
     "MassBinning",
     "DEFAULT_MASS_BINNING",
     "thresholds_for_efficiencies",
@@ -36,6 +45,9 @@ __all__ = [
 # 1, 10^-0.5, ..., 10^-4: the nine efficiencies of the paper's Fig. 3.
 DEFAULT_EFFICIENCIES = 10.0 ** -np.arange(0.0, 4.01, 0.5)
 _BUCKET_SHIFT = 12  # 2^20 buckets over the float32 range: a cut's bucket holds few jets
+# Labels of the mass axis of a scan's histograms (GeV).
+JET_MASS_LABEL = "jet soft-drop mass [GeV]"
+DIJET_MASS_LABEL = "dijet mass [GeV]"
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,9 @@ class EfficiencyScan:
 
     How much a level's spectrum rests on: :meth:`effective_jets` (Kish's effective sample size
     (sum w)^2 / sum w^2) and :meth:`largest_weight_share`; bin errors are sqrt(sum w^2).
+
+    ``mass_label`` names the binned quantity on histogram axes (default
+    :data:`JET_MASS_LABEL`; an event scan of dijet masses passes :data:`DIJET_MASS_LABEL`).
     """
 
     efficiencies: np.ndarray
@@ -180,13 +195,15 @@ class EfficiencyScan:
     jet_counts: np.ndarray
     max_weight: np.ndarray
     achieved_efficiencies: np.ndarray
+    mass_label: str = JET_MASS_LABEL
 
     @classmethod
     def build(cls, values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
               process_codes: np.ndarray, process_names: Sequence[str], *,
               efficiencies: Sequence[float] = DEFAULT_EFFICIENCIES,
               reference: np.ndarray | None = None,
-              binning: MassBinning = DEFAULT_MASS_BINNING) -> EfficiencyScan:
+              binning: MassBinning = DEFAULT_MASS_BINNING,
+              mass_label: str = JET_MASS_LABEL) -> EfficiencyScan:
         """``values`` (N,) discriminant (any monotonic transform, e.g. log-odds);
         ``mass_index`` (N,) from ``binning.index``; ``weights`` (N,) expected events;
         ``process_codes`` (N,) into ``process_names``; ``reference`` (N,) bool: the jets whose
@@ -197,7 +214,7 @@ class EfficiencyScan:
         thresholds = thresholds_for_efficiencies(values, weights, efficiencies, reference)
         scan = cls.from_thresholds(values, mass_index, weights, process_codes, process_names,
                                    efficiencies=efficiencies, thresholds=thresholds,
-                                   binning=binning)
+                                   binning=binning, mass_label=mass_label)
         reference_values = values if reference is None else values[reference]
         reference_weights = np.asarray(weights if reference is None else weights[reference],
                                        dtype=np.float64)
@@ -213,7 +230,8 @@ class EfficiencyScan:
     def from_thresholds(cls, values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
                         process_codes: np.ndarray, process_names: Sequence[str], *,
                         efficiencies: np.ndarray, thresholds: np.ndarray,
-                        binning: MassBinning = DEFAULT_MASS_BINNING) -> EfficiencyScan:
+                        binning: MassBinning = DEFAULT_MASS_BINNING,
+                        mass_label: str = JET_MASS_LABEL) -> EfficiencyScan:
         """Fill the cube for given (increasing) ``thresholds``, in one pass over the jets."""
         n_levels, n_processes, n_bins = len(thresholds), len(process_names), binning.bins + 2
         # how many of the (increasing) thresholds each jet passes: 0..n_levels
@@ -235,7 +253,7 @@ class EfficiencyScan:
                    sum_of_weights=_passing(sum_w), sum_of_weights_squared=_passing(sum_w2),
                    jet_counts=_passing(counts),
                    max_weight=np.maximum.accumulate(largest[::-1])[::-1][1:],
-                   achieved_efficiencies=np.full(n_levels, np.nan))
+                   achieved_efficiencies=np.full(n_levels, np.nan), mass_label=mass_label)
 
     @property
     def n_levels(self) -> int:
@@ -282,21 +300,44 @@ class EfficiencyScan:
         """(levels, bins) the spectrum at every level."""
         return self.sum_of_weights.sum(axis=1)[:, 1:-1]
 
+    def _mass_axis(self):
+        import hist
+
+        return hist.axis.Regular(self.binning.bins, self.binning.low, self.binning.high,
+                                 name="mass", label=self.mass_label)
+
+    def _histogram_label(self, level: int) -> str:
+        return f"weighted events, efficiency {self.efficiencies[level]:.3g}"
+
     def to_hist(self, level: int):
-        """The stack at ``level`` as a scikit-hep ``hist.Hist`` (axes: process, mass [GeV])
-        with weighted storage (sum of weights and of weights squared), flow bins included."""
+        """The stack at ``level`` as a scikit-hep ``hist.Hist`` with ``Weight`` storage (sum of
+        weights in expected events, and of squared weights), flow bins included. Axes:
+        ``process`` (category, in :attr:`process_names` order, no overflow category) and
+        ``mass`` (regular, GeV, :attr:`mass_label`). ``h[{"process": "QCD"}]`` is one process."""
         import hist
 
         histogram = hist.Hist(
-            hist.axis.StrCategory(list(self.process_names), name="process"),
-            hist.axis.Regular(self.binning.bins, self.binning.low, self.binning.high,
-                              name="mass", label="mass [GeV]"),
+            hist.axis.StrCategory(list(self.process_names), name="process", label="process",
+                                  overflow=False),
+            self._mass_axis(),
             storage=hist.storage.Weight(),
+            label=self._histogram_label(level),
         )
         view = histogram.view(flow=True)
-        # the category axis has an overflow bin of its own; fill the named categories only
-        view.value[: len(self.process_names)] = self.sum_of_weights[level]
-        view.variance[: len(self.process_names)] = self.sum_of_weights_squared[level]
+        view.value[...] = self.sum_of_weights[level]
+        view.variance[...] = self.sum_of_weights_squared[level]
+        return histogram
+
+    def spectrum_hist(self, level: int):
+        """The spectrum at ``level`` summed over processes (:meth:`spectrum`, with flow bins) as
+        a 1-d ``hist.Hist`` over ``mass`` (GeV) with ``Weight`` storage."""
+        import hist
+
+        histogram = hist.Hist(self._mass_axis(), storage=hist.storage.Weight(),
+                              label=self._histogram_label(level))
+        view = histogram.view(flow=True)
+        view.value[...] = self.sum_of_weights[level].sum(axis=0)
+        view.variance[...] = self.sum_of_weights_squared[level].sum(axis=0)
         return histogram
 
 
@@ -308,7 +349,13 @@ def _passing(per_passed_count: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SignificanceCurve:
-    """Significance in a mass window versus background efficiency."""
+    """Significance in a mass window versus background efficiency.
+
+    Per cut (arrays of one length): ``background_efficiency`` requested, ``thresholds`` on the
+    discriminant, ``signal`` and ``background`` expected events in the ``window`` (GeV) and their
+    Asimov ``significance``. ``scan`` is the efficiency scan they were counted from (None when
+    the curve was built by hand): :meth:`to_hist` gives a cut's per-process mass templates.
+    """
 
     background_efficiency: np.ndarray
     thresholds: np.ndarray
@@ -316,18 +363,28 @@ class SignificanceCurve:
     background: np.ndarray
     significance: np.ndarray
     window: tuple[float, float]
+    scan: EfficiencyScan | None = None
 
     @property
     def best(self) -> int:
         finite = np.where(np.isfinite(self.significance), self.significance, -1)
         return int(np.argmax(finite))
 
+    def to_hist(self, level: int | None = None):
+        """The per-process mass spectra (process x mass ``hist.Hist``, ``Weight`` storage, all
+        masses, not only the window) at cut ``level`` (default: the most significant one): the
+        signal and background templates a binned fit (pyhf, cabinetry) starts from."""
+        if self.scan is None:
+            raise ValueError("this significance curve keeps no scan to make histograms from")
+        return self.scan.to_hist(self.best if level is None else level)
+
 
 def significance_scan(values: np.ndarray, mass_index: np.ndarray, weights: np.ndarray,
                       process_codes: np.ndarray, process_names: Sequence[str], signal: str,
                       window: tuple[float, float], *,
                       background_efficiencies: Sequence[float] = 10.0 ** -np.linspace(0, 4, 41),
-                      binning: MassBinning = DEFAULT_MASS_BINNING) -> SignificanceCurve:
+                      binning: MassBinning = DEFAULT_MASS_BINNING,
+                      mass_label: str = JET_MASS_LABEL) -> SignificanceCurve:
     """Z = sqrt(2((s+b) ln(1+s/b) - s)) of process ``signal`` in the mass window (GeV, snapped
     outward to bin edges) for cuts keeping the fractions ``background_efficiencies`` of the
     background weight (all processes but ``signal``, all masses)."""
@@ -338,7 +395,7 @@ def significance_scan(values: np.ndarray, mass_index: np.ndarray, weights: np.nd
     background = process_codes != signal_code
     scan = EfficiencyScan.build(values, mass_index, weights, process_codes, names,
                                 efficiencies=background_efficiencies, reference=background,
-                                binning=binning)
+                                binning=binning, mass_label=mass_label)
     low, high = sorted(window)
     edges = binning.edges
     first = int(np.clip(np.searchsorted(edges, low, side="right") - 1, 0, binning.bins - 1))
@@ -349,4 +406,4 @@ def significance_scan(values: np.ndarray, mass_index: np.ndarray, weights: np.nd
     return SignificanceCurve(background_efficiency=scan.efficiencies,
                              thresholds=scan.thresholds, signal=s, background=b,
                              significance=asimov_significance(s, b),
-                             window=(float(edges[first]), float(edges[last])))
+                             window=(float(edges[first]), float(edges[last])), scan=scan)
