@@ -279,6 +279,8 @@ class DelphesFile:
         jet = {leaf: arrays[_leaf(self.jet_branch, leaf)] for leaf in _JET_LEAVES}
         jets_per_event = ak.to_numpy(ak.num(jet["PT"], axis=1)).astype(np.int64)
         n_jets = int(jets_per_event.sum())
+        if n_jets == 0:  # (uproot also lays out an empty range's four-vectors differently)
+            return self.schema_arrow.empty_table()
         jet_event = np.repeat(np.arange(stop - start, dtype=np.int64), jets_per_event)
 
         def per_jet(values: ak.Array) -> np.ndarray:
@@ -295,7 +297,7 @@ class DelphesFile:
                  + ak.to_numpy(soft_drop.fP.fZ) ** 2)
         sd_m2 = sd_energy ** 2 - sd_p2
         sd_mass = np.where(sd_m2 >= 0, np.sqrt(np.abs(sd_m2)), -np.sqrt(np.abs(sd_m2)))
-        tau = per_jet(jet["Tau[5]"]).reshape(n_jets, -1)
+        tau = per_jet(jet["Tau[5]"]).reshape(n_jets, 5)  # Tau[5]: five per jet
         # rank of each jet by decreasing pT inside its event (Delphes already orders them)
         order = ak.argsort(jet["PT"], axis=1, ascending=False, stable=True)
         rank = per_jet(ak.argsort(order, axis=1, stable=True))

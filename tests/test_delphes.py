@@ -15,8 +15,8 @@ import pytest
 uproot = pytest.importorskip("uproot")
 
 from sophon.cli import main as sophon_main  # noqa: E402
-from sophon.delphes import (DELPHES_SCHEMA, DelphesError, DelphesFile,  # noqa: E402
-                            convert_delphes, jet_radius)
+from sophon.delphes import (DELPHES_SCHEMA, ConversionReport, DelphesError,  # noqa: E402
+                            DelphesFile, convert_delphes, jet_radius)
 
 MODEL = str(Path(__file__).resolve().parents[1] / "data" / "models" / "sophon-small.pt")
 
@@ -173,6 +173,17 @@ def test_chunking_does_not_change_the_result(delphes_path, converted):
     assert max(b.num_rows for b in batches) <= 5
     assert np.concatenate([b.column(0).to_numpy() for b in batches]).tolist() == \
         whole["jet_pt"].to_pylist()
+
+
+def test_a_range_without_jets_gives_an_empty_table(delphes_path):
+    source = DelphesFile(delphes_path)
+    names = [f"JetPUPPIAK8/JetPUPPIAK8.{leaf}" for leaf in ("PT", "Eta", "Phi", "Mass", "Tau[5]",
+                                                             "SoftDroppedP4[5]", "Constituents")]
+    names += [f"ParticleFlowCandidate/ParticleFlowCandidate.{leaf}" for leaf in (
+        "fUniqueID", "PT", "Eta", "Phi", "Mass", "Charge", "PID", "D0", "ErrorD0", "DZ", "ErrorDZ")]
+    table = source._chunk_table(source._read(names + ["Vertex/Vertex.Z"], 3, 3), 3, 3,
+                                ConversionReport())
+    assert table.num_rows == 0 and table.schema.equals(DELPHES_SCHEMA)
 
 
 def test_core_schema_is_the_generators():
