@@ -6,6 +6,9 @@ millisecond (a HoloViews overlay of ten curves costs tens). Log and linear y axe
 place (:func:`set_log_y`: scale, ticker and tick labels). A figure is rebuilt only when the save
 tool's format changes, since Bokeh fixes a figure's output backend when it is drawn; the save
 tool in each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``.
+
+The legends beside the plots are made by :func:`side_legend`, which sizes their swatches for the
+SVG backend too (see there): without it, SVG mode squashes a plot to a sliver.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import panel as pn
 from bokeh.models import (BasicTicker, BasicTickFormatter, ColumnDataSource, HoverTool, Legend,
                           LegendItem, LinearScale, LogScale, LogTicker, LogTickFormatter,
                           Span)
@@ -27,8 +31,11 @@ __all__ = [
     "steps",
     "format_number",
     "new_figure",
+    "MIN_PLOT_WIDTH",
+    "plot_row",
     "set_export_format",
     "set_log_y",
+    "side_legend",
     "CurvesPlot",
     "StackPlot",
 ]
@@ -94,9 +101,23 @@ def format_number(value: float) -> str:
     return f"{value:.3g}"
 
 
+#: The narrowest a plot in a :func:`plot_row` gets (its legend included) before the row wraps.
+MIN_PLOT_WIDTH = 400
+
+
+def plot_row(*panes, **params) -> pn.FlexBox:
+    """Plots side by side while each gets :data:`MIN_PLOT_WIDTH`, else one above the other (a
+    laptop's 1024 or 1280 px beside the sidebar), never wider than the page."""
+    basis = f".bk-Figure {{ flex: 1 1 {MIN_PLOT_WIDTH}px; width: auto; }}"
+    return pn.FlexBox(*panes, flex_wrap="wrap", sizing_mode="stretch_width",
+                      stylesheets=[basis], **params)
+
+
 def new_figure(*, title: str, xlabel: str, ylabel: str, log_y: bool = False,
                log_x: bool = False, height: int = 330, export_format: str = "PNG",
                tools: str = "save,box_zoom,reset") -> figure:
+    """A figure as wide as its place, the toolbar above, the save tool writing
+    ``export_format``."""
     fig = figure(title=title, x_axis_label=xlabel, y_axis_label=ylabel, height=height,
                  sizing_mode="stretch_width", y_axis_type="log" if log_y else "linear",
                  x_axis_type="log" if log_x else "linear", tools=tools, toolbar_location="above",
@@ -109,6 +130,23 @@ def new_figure(*, title: str, xlabel: str, ylabel: str, log_y: bool = False,
 def set_export_format(fig: figure, export_format: str) -> None:
     """The save tool writes PNG (canvas backend) or SVG (svg backend)."""
     fig.output_backend = "svg" if export_format == "SVG" else "canvas"
+
+
+def side_legend(items: Sequence[LegendItem], **style) -> Legend:
+    """A legend for the panel beside a plot (``fig.add_layout(legend, "right")``), right in both
+    output backends.
+
+    Bokeh (3.9, bokeh/bokeh#15014) draws each swatch of an HTML legend into a layer of the
+    figure's backend and sizes it through a class it puts on the layer's wrapper; with the SVG
+    backend the swatch is the wrapper's ``<svg>``, which that rule misses, so it is first measured
+    at an unsized SVG's 300 x 150 px. The side panel reserves that width, the frame keeps what is
+    left (about 50 px), and the legend and toolbar land past the figure's edge. The stylesheet
+    gives the ``<svg>`` swatch the glyph size itself (canvas swatches already have it).
+    """
+    legend = Legend(items=list(items), **style)
+    swatch = f"width: {legend.glyph_width}px; height: {legend.glyph_height}px;"
+    legend.stylesheets = [f".bk-item > svg {{ {swatch} flex: none; }}"]
+    return legend
 
 
 def set_log_y(fig: figure, log_y: bool) -> None:
@@ -149,9 +187,8 @@ class CurvesPlot:
                  for i, label in enumerate(self.labels)]
         if overlay_label:
             items.append(LegendItem(label=overlay_label, renderers=[overlay]))
-        legend = Legend(items=items,
-                        label_text_font_size="8pt", spacing=0, padding=4, click_policy="none")
-        self.figure.add_layout(legend, "right")
+        self.figure.add_layout(side_legend(items, label_text_font_size="8pt", spacing=0,
+                                           padding=4, click_policy="none"), "right")
         self.figure.add_tools(HoverTool(renderers=[lines], tooltips=[("", "@label"),
                                                                      ("mass", "$x{0}"),
                                                                      ("value", "$y{0.[000]}")]))
@@ -216,8 +253,8 @@ class StackPlot:
                                             hatch_pattern="/", hatch_color="#222222",
                                             hatch_alpha=0.6, visible=False)
         items.insert(0, LegendItem(label="MC stat. error", renderers=[self.error_band]))
-        self.figure.add_layout(Legend(items=items, label_text_font_size="8pt", spacing=0,
-                                      padding=4), "right")
+        self.figure.add_layout(side_legend(items, label_text_font_size="8pt", spacing=0,
+                                           padding=4), "right")
         self.window_low = Span(location=0, dimension="height", line_color="#555555",
                                line_dash="dotted", line_width=1.5, visible=False)
         self.window_high = Span(location=0, dimension="height", line_color="#555555",

@@ -17,6 +17,11 @@ the server with them too):
   ``$SOPHON_ROOM_PASSWORD``); the login cookie is signed with a secret generated at each start,
   handed to Panel as ``PANEL_COOKIE_SECRET`` so that neither appears in the process list.
 
+Nothing is fetched from the internet (a workshop room may have no connection): the app page loads
+Panel's and Bokeh's files from this server (Panel's default for ``panel serve``), and the room's
+login and logout pages are Panel's own with their icon and logo taken from this server too
+(:func:`write_offline_templates`; Panel's copies fetch them from its CDN).
+
 Plain HTTP: in a room the password and the cookie cross the network unencrypted, and every
 participant shares one server (see the README). A non-loopback host without a password is refused.
 """
@@ -27,6 +32,7 @@ import argparse
 import ipaddress
 import json
 import os
+import importlib.util
 import re
 import secrets
 import shutil
@@ -45,9 +51,12 @@ DEFAULT_PORT = 5006
 ROOM_USER = "workshop"
 PASSWORD_VARIABLE = "SOPHON_ROOM_PASSWORD"
 WILDCARDS = ("0.0.0.0", "::", "")
+#: Where ``panel serve`` serves Panel's own files (its ``dist`` folder: icons, logo, bundles).
+PANEL_STATIC = "/static/extensions/panel/"
+_PANEL_CDN = re.compile(r"\{\{\s*PANEL_CDN\s*\}\}")
 
 __all__ = ["Serving", "panel_arguments", "is_loopback", "machine_address", "origins", "room",
-           "local", "main"]
+           "local", "main", "write_offline_templates"]
 
 
 def is_loopback(host: str) -> bool:
@@ -95,11 +104,30 @@ def origins(host: str, port: int, share: str | None = None, extra=()) -> list[st
     return list(dict.fromkeys(allowed))
 
 
+def write_offline_templates(folder: str | Path) -> tuple[Path, Path]:
+    """Panel's login and logout pages, written to ``folder`` with their icon and logo taken from
+    this server (:data:`PANEL_STATIC`, served without a login) instead of Panel's CDN: a room
+    without internet gets them whole, and no participant's browser asks the CDN for them."""
+    spec = importlib.util.find_spec("panel")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("panel is not installed (pip install -e .)")
+    templates = Path(next(iter(spec.submodule_search_locations))) / "_templates"
+    written = []
+    for name in ("basic_login.html", "logout.html"):
+        page = _PANEL_CDN.sub(PANEL_STATIC, (templates / name).read_text(encoding="utf-8"))
+        target = Path(folder) / name
+        target.write_text(page, encoding="utf-8")
+        written.append(target)
+    return written[0], written[1]
+
+
 def panel_arguments(host: str = LOOPBACK, port: int = DEFAULT_PORT, data: str | None = None, *,
                     auth_file: str | Path | None = None, share: str | None = None,
-                    extra_origins=()) -> list[str]:
+                    extra_origins=(), login_template: str | Path | None = None,
+                    logout_template: str | Path | None = None) -> list[str]:
     """The arguments of ``panel serve`` (after ``panel``) for ``host``: loopback without a
-    login, any other host only with ``auth_file`` (Panel's ``--basic-auth`` JSON file)."""
+    login, any other host only with ``auth_file`` (Panel's ``--basic-auth`` JSON file) and,
+    if given, the login and logout pages to show (:func:`write_offline_templates`)."""
     if not is_loopback(host) and auth_file is None:
         raise ValueError(f"serving on {host!r} reaches other machines: it needs a password "
                          "(use room(), or python app/serve.py --host HOST)")
@@ -108,6 +136,10 @@ def panel_arguments(host: str = LOOPBACK, port: int = DEFAULT_PORT, data: str | 
         arguments += ["--allow-websocket-origin", origin]
     if auth_file is not None:
         arguments += ["--basic-auth", str(auth_file)]
+        if login_template is not None:
+            arguments += ["--basic-login-template", str(login_template)]
+        if logout_template is not None:
+            arguments += ["--logout-template", str(logout_template)]
     if data is not None:
         arguments += ["--args", "--data", str(data)]
     return arguments
@@ -168,7 +200,8 @@ def room(host: str = "0.0.0.0", port: int = DEFAULT_PORT, data: str | None = Non
          password: str | None = None, user: str = ROOM_USER, share: str | None = None,
          extra_origins=(), directory: str | Path | None = None) -> Serving:
     """A workshop room on ``host``: a generated password (or ``password``) in a file only this
-    user may read, a generated cookie secret, and origins limited to the shared address."""
+    user may read, a generated cookie secret, origins limited to the shared address, and login
+    and logout pages that need no internet."""
     if share is None:
         share = machine_address() if host in WILDCARDS else host
     password = password or secrets.token_urlsafe(9)
@@ -177,17 +210,19 @@ def room(host: str = "0.0.0.0", port: int = DEFAULT_PORT, data: str | None = Non
     descriptor = os.open(auth_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         json.dump({user: password}, handle)
+    login_template, logout_template = write_offline_templates(folder)
     arguments = panel_arguments(host, port, data, auth_file=auth_file, share=share,
-                                extra_origins=extra_origins)
+                                extra_origins=extra_origins, login_template=login_template,
+                                logout_template=logout_template)
     return Serving(command=[*panel_command(), *arguments],
                    env=_environment(PANEL_COOKIE_SECRET=secrets.token_urlsafe(32)),
                    url=f"http://{_netloc(share, port)}/app", user=user, password=password,
                    directory=folder)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python app/serve.py") -> int:  # prog: `sophon serve` too
     parser = argparse.ArgumentParser(
-        prog="python app/serve.py", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to listen on (default 127.0.0.1: this machine only; "
@@ -199,6 +234,8 @@ def main(argv=None) -> int:
                              "(e.g. the machine's host name); repeatable")
     parser.add_argument("--user", default=ROOM_USER, help="in a room, the login name")
     args = parser.parse_args(argv)
+    if args.data:  # relative to the caller's folder, not to the server's (ROOT)
+        args.data = str(Path(args.data).expanduser().absolute())
     if is_loopback(args.host):
         serving = local(args.host, args.port, args.data)
     else:

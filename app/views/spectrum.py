@@ -17,7 +17,7 @@ import param
 from sophon.spectrum import EfficiencyScan
 
 from app.explorer import EFFICIENCIES, Explorer
-from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number
+from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number, plot_row
 from app.views.base import ExplorerView, message, problem_message
 
 __all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
@@ -267,7 +267,7 @@ class ScanView(ExplorerView):
         if not self.explorer.ready:
             return problem_message(self.explorer)
         return pn.Column(self.controls(), self._stats, self._error,
-                         pn.Row(self._curves_pane, self._stack_pane, sizing_mode="stretch_width"),
+                         plot_row(self._curves_pane, self._stack_pane),
                          sizing_mode="stretch_width", css_classes=[f"{self.scan_name}-view"])
 
 
@@ -306,7 +306,7 @@ class SpectrumView(ScanView):
         self._format.link(self, value="export_format")
 
     def controls(self):
-        return pn.Row(
+        return pn.FlexBox(  # wraps on a narrow screen
             pn.Column(self._slider, self._player, width=330),
             pn.Column(pn.Row(self._mode, self._yscale), self._reference),
             pn.Column(self._jets, self._errors),
