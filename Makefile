@@ -11,17 +11,20 @@ HOST   ?= 127.0.0.1
 ORIGIN ?=
 DATA   ?= data/default
 
-.PHONY: app test bench install chromium default model
+.PHONY: app test bench install chromium default model dist
 
 install: $(VENV)/.installed
 
-# torch is pinned to the CPU build that lies on these machines' disk; an unpinned torch would
-# pull a multi-GB CUDA build.
+# torch is pinned here, not in pyproject.toml (which asks torch>=2.5 only, so that installing
+# the package elsewhere keeps a CUDA build): the CPU build that lies on these machines' disk; an
+# unpinned torch would pull a multi-GB CUDA build. Installed first, the package then keeps it.
+# The extras: what the tests need (the event generator, ONNX, UMAP, ROOT files, figures,
+# the test tools).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,generate,onnx,embed,root,figures]'
 	# the oracle for the model test: its model file needs only torch, a full install pulls
 	# scipy, pandas, tables, tensorboard and more
 	$(BIN)/python -m pip install --quiet --no-deps weaver-core==0.5.3
@@ -40,6 +43,13 @@ chromium:
 
 test: install chromium
 	$(BIN)/python -m pytest -q
+
+# The wheel and the sdist in dist/ (the wheel carries the library, the app and the embedded
+# default: pip install dist/sophon_explorer-*.whl && sophon serve). Built with this
+# environment's setuptools, without network.
+dist: install
+	$(BIN)/python -m pip install --quiet build
+	$(BIN)/python -m build --no-isolation --outdir dist
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py --jets 1000000 10000000

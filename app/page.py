@@ -18,6 +18,7 @@ from app.views.events import EventView
 from app.views.rescoring import RescoringView
 from app.views.significance import SignificanceView
 from app.views.spectrum import SpectrumView
+from sophon import __version__ as SOPHON_VERSION
 
 __all__ = ["SophonApp", "TAB_NAMES"]
 
@@ -167,7 +168,9 @@ class SophonApp(pn.viewable.Viewer):
             f"<div style='display:flex;align-items:baseline;gap:14px'>"
             f"<span style='font-size:1.5em;font-weight:600'>{TITLE}</span>"
             "<span style='opacity:0.85'>jet-tagging discriminants from the Sophon foundation "
-            "model (arXiv:2405.12972)</span></div>",
+            "model (arXiv:2405.12972)</span>"
+            f"<span class='sophon-version' style='margin-left:auto;opacity:0.7'>"
+            f"v{html.escape(SOPHON_VERSION)}</span></div>",
             sizing_mode="stretch_width", margin=0,
             styles={"background": "#2c3e8c", "color": "white", "padding": "10px 18px"})
         sidebar = pn.Column(self.sidebar(), width=430, margin=(0, 10, 0, 0),

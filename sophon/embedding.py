@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sophon.store import JetDataset, dataset_files, write_table_atomic
+from sophon.extras import require
+from sophon.store import JetDataset, dataset_files, restamp_metadata, write_table_atomic
 
 __all__ = ["EmbeddingResult", "fit_umap", "embed_dataset", "register_cli"]
 
@@ -40,8 +41,7 @@ def _reducer(n_neighbors: int, min_dist: float, seed: int, prefer_gpu: bool):
             return CumlUMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed), "cuml"
         except ImportError:
             pass
-    import umap
-
+    umap = require("umap", "embed", "the UMAP of the latent space")
     return umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed,
                      n_components=2), "umap-learn"
 
@@ -78,7 +78,7 @@ def embed_dataset(path: str | Path, **options) -> EmbeddingResult:
         table = table.drop_columns([c for c in ("umap_x", "umap_y") if c in table.column_names])
         table = table.append_column("umap_x", pa.array(result.coordinates[offset:offset + rows, 0]))
         table = table.append_column("umap_y", pa.array(result.coordinates[offset:offset + rows, 1]))
-        write_table_atomic(table, file)
+        write_table_atomic(restamp_metadata(table, source=str(file)), file)
         offset += rows
     return result
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sophon.atomic import atomic_output
+from sophon.extras import require
 from sophon.features import MAX_PARTICLES
 from sophon.labels import N_CLASSES
 from sophon.model import SophonModel
@@ -58,6 +59,7 @@ def export_onnx(model: SophonModel, path: str | os.PathLike, *, dynamic_particle
         raise ModelOutputError(f"the published layout needs {N_CLASSES} classes and a "
                                f"{LATENT_DIM}-d latent; this model has "
                                f"{model.config.num_classes} and {model.config.embed_dim}")
+    require("onnx", "onnx", "ONNX export")  # before the trace, not after it
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _ConcatenatedOutput(model).eval().float().cpu()
@@ -82,8 +84,7 @@ def export_onnx(model: SophonModel, path: str | os.PathLike, *, dynamic_particle
 def _declare_output_width(path: str) -> None:
     """Write the static 316 into the output's shape: the tracer leaves it symbolic (a concat of
     dynamic-shaped pieces), but consumers check it, as :class:`~sophon.scorers.OnnxScorer` does."""
-    import onnx
-
+    onnx = require("onnx", "onnx", "ONNX export")
     graph = onnx.load(path)
     width = graph.graph.output[0].type.tensor_type.shape.dim[1]
     width.ClearField("dim_param")

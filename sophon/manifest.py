@@ -21,12 +21,33 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ManifestError", "ManifestEntry", "load_manifest", "sha256_file", "verify",
-           "verify_path", "verify_listed", "REPOSITORY_ROOT", "DEFAULT_MANIFEST", "DEFAULT_DATASET"]
+           "verify_path", "verify_listed", "shipped_root", "PACKAGED_ROOT", "SHIPPED_ROOT",
+           "REPOSITORY_ROOT", "DEFAULT_MANIFEST", "DEFAULT_DATASET", "DEFAULT_MODELS"]
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MANIFEST = REPOSITORY_ROOT / "data_manifest.yaml"
+#: where an installed wheel keeps the shipped files (setup.py copies ``data_manifest.yaml`` and
+#: the files it lists there, under the same relative paths)
+PACKAGED_ROOT = Path(__file__).resolve().parent / "_shipped"
+
+
+def shipped_root() -> Path:
+    """The folder that holds ``data_manifest.yaml`` and the ``data/`` it lists: the package's
+    own copy in an installed wheel (:data:`PACKAGED_ROOT`), else the repository root of the
+    checkout this module lies in. The one place that decides where the shipped files are."""
+    if (PACKAGED_ROOT / "data_manifest.yaml").is_file():
+        return PACKAGED_ROOT
+    return Path(__file__).resolve().parents[1]
+
+
+#: the shipped root (:func:`shipped_root`): the repository root in a checkout, the package's
+#: ``_shipped`` folder in an installed wheel; manifest paths are relative to it
+SHIPPED_ROOT = shipped_root()
+#: the name this folder had when it could only be a checkout (the same path)
+REPOSITORY_ROOT = SHIPPED_ROOT
+DEFAULT_MANIFEST = SHIPPED_ROOT / "data_manifest.yaml"
 # the embedded default dataset: the scored SM collision sample the app opens unless told otherwise
-DEFAULT_DATASET = REPOSITORY_ROOT / "data" / "default"
+DEFAULT_DATASET = SHIPPED_ROOT / "data" / "default"
+# the shipped models (the app's rescoring reads models from this folder unless told otherwise)
+DEFAULT_MODELS = SHIPPED_ROOT / "data" / "models"
 # A file modified more recently than this is not trusted from the digest cache (see the docstring).
 RACY_SECONDS = 2.0
 _LOCK = threading.Lock()
@@ -42,7 +63,8 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One shipped file: ``path`` relative to the repository root, ``size`` in bytes."""
+    """One shipped file: ``path`` relative to the shipped root (:data:`SHIPPED_ROOT`), ``size``
+    in bytes."""
 
     name: str
     kind: str
@@ -84,7 +106,7 @@ def load_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> list[ManifestEn
     return entries
 
 
-def verify(entry: ManifestEntry, root: str | os.PathLike = REPOSITORY_ROOT) -> Path:
+def verify(entry: ManifestEntry, root: str | os.PathLike = SHIPPED_ROOT) -> Path:
     """The file of ``entry`` after checking its size and sha256; ManifestError if not right."""
     file = Path(root) / entry.path
     made_by = f" (made by: {entry.command})" if entry.command else ""
@@ -131,10 +153,10 @@ def verify_listed(path: str | os.PathLike, manifest: str | os.PathLike | None = 
     folder); True when it was verified, False when the manifest does not list it (a user's own
     file). ManifestError names the file and the expected and actual size or digest.
 
-    ``manifest`` and ``root`` default to the repository's, read when called (so a test may point
+    ``manifest`` and ``root`` default to the shipped ones, read when called (so a test may point
     them at a temporary manifest). Cheap: a file outside ``root/data`` reads no manifest, and a
     listed file is hashed once per (path, inode, size, mtime)."""
-    root = Path(REPOSITORY_ROOT if root is None else root).resolve()
+    root = Path(SHIPPED_ROOT if root is None else root).resolve()
     manifest = Path(DEFAULT_MANIFEST if manifest is None else manifest)
     target = Path(path).resolve()
     if root / "data" not in target.parents:
@@ -147,7 +169,7 @@ def verify_listed(path: str | os.PathLike, manifest: str | os.PathLike | None = 
 
 
 def verify_path(path: str | os.PathLike, manifest: str | os.PathLike = DEFAULT_MANIFEST,
-                root: str | os.PathLike = REPOSITORY_ROOT) -> list[Path]:
+                root: str | os.PathLike = SHIPPED_ROOT) -> list[Path]:
     """Verify every manifest entry at or below ``path`` (a shipped file or directory).
 
     Returns the verified files; an empty list when the manifest lists nothing there (a user's own

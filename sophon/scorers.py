@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from sophon.extras import require
 from sophon.features import MAX_PARTICLES, JetInputs, RaggedInputs
 from sophon.labels import N_CLASSES
 from sophon.manifest import sha256_file
@@ -242,7 +243,7 @@ class OnnxScorer:
 
     def __init__(self, path: str | os.PathLike, *, batch_size: int = 256, threads: int | None = None,
                  providers: list[str] | None = None, model_id: str = ""):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx", "ONNX scoring")
 
         self.path = Path(path)
         self.model_id = model_id or self.path.name

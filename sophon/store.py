@@ -51,7 +51,7 @@ import importlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -60,6 +60,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sophon import __version__ as SOPHON_VERSION
 from sophon.atomic import DATASET_METADATA_KEY, write_table_atomic
 from sophon.labels import LABELS, N_CLASSES
 from sophon.manifest import ManifestError, verify_listed
@@ -76,6 +77,7 @@ __all__ = [
     "DatasetError",
     "DatasetMetadata",
     "read_metadata",
+    "restamp_metadata",
     "ScoreHead",
     "ScoreHeadLoader",
     "set_score_head_loader",
@@ -112,13 +114,16 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetMetadata:
-    """What a dataset says about itself. ``luminosity_fb`` is in fb^-1 (None: unweighted)."""
+    """What a dataset says about itself. ``luminosity_fb`` is in fb^-1 (None: unweighted).
+    ``sophon_version``: the version of this package that wrote the file (new metadata: this
+    one; a file written before versions were recorded reads as "")."""
 
     luminosity_fb: float | None = None
     model_id: str = ""
     labels: tuple[str, ...] = field(default=LABELS, repr=False)
     schema_version: int = SCHEMA_VERSION
     extra: dict = field(default_factory=dict)
+    sophon_version: str = SOPHON_VERSION
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "labels": list(self.labels)})
@@ -130,9 +135,16 @@ class DatasetMetadata:
             return cls(luminosity_fb=raw.get("luminosity_fb"), model_id=raw.get("model_id", ""),
                        labels=tuple(raw.get("labels", LABELS)),
                        schema_version=int(raw.get("schema_version", SCHEMA_VERSION)),
-                       extra=dict(raw.get("extra", {})))
+                       extra=dict(raw.get("extra", {})),
+                       sophon_version=_version_text(raw.get("sophon_version", "")))
         except (ValueError, TypeError, AttributeError) as error:
             raise DatasetError(f"{source}: unreadable 'sophon' metadata ({error})") from None
+
+
+def _version_text(value) -> str:
+    if not isinstance(value, str) or len(value) > 100:
+        raise TypeError(f"'sophon_version' is {str(value)[:60]!r}, not a version")
+    return value
 
 
 def read_metadata(schema: pa.Schema, *, source: str = "") -> DatasetMetadata | None:
@@ -147,6 +159,16 @@ def read_metadata(schema: pa.Schema, *, source: str = "") -> DatasetMetadata | N
     except (OverflowError, RecursionError, MemoryError) as error:
         raise DatasetError(f"{source}: unreadable 'sophon' metadata ({type(error).__name__})") \
             from None
+
+
+def restamp_metadata(table: pa.Table, *, source: str = "") -> pa.Table:
+    """``table`` with its ``sophon`` metadata naming this package's version as the writer (for a
+    dataset file rewritten in place, e.g. by ``sophon embed``); unchanged if it has none."""
+    metadata = read_metadata(table.schema, source=source)
+    if metadata is None:
+        return table
+    stamped = replace(metadata, sophon_version=SOPHON_VERSION).to_json()
+    return table.replace_schema_metadata({**table.schema.metadata, METADATA_KEY: stamped})
 
 
 #: latents (N, 128) float32 -> probabilities (N, 188) float32

@@ -729,7 +729,7 @@ def shipped(tmp_path, monkeypatch, valid_file):
     old = time.time() - 3600  # settled files: the digest cache may keep them
     for path in (file, listing):
         os.utime(path, (old, old))
-    monkeypatch.setattr(manifest, "REPOSITORY_ROOT", root)
+    monkeypatch.setattr(manifest, "SHIPPED_ROOT", root)
     monkeypatch.setattr(manifest, "DEFAULT_MANIFEST", listing)
     return file, hashlib.sha256(content).hexdigest()
 

@@ -31,12 +31,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sophon.generate.driver import (GenerationReport, generate_sm, generate_training, plan_sm,
-                                    plan_training, run_chunks)
-from sophon.generate.events import GenerationError
-from sophon.generate.pipeline import ChunkSpec, JetSelection, run_chunk
-from sophon.generate.settings import SM_PROCESSES, TRAINING_PARTS
-from sophon.generate.writer import JETCLASS_SCHEMA, SM_SCHEMA, read_generation_metadata
+from sophon.extras import require_all
+
+# Pythia 8, FastJet and numba come with the `generate` extra: without them, say so here, before
+# any submodule fails on its own import.
+require_all("generate", "sophon.generate (event generation with Pythia 8 and FastJet)")
+
+from sophon.generate.driver import (  # noqa: E402
+    GenerationReport, generate_sm, generate_training, plan_sm, plan_training, run_chunks)
+from sophon.generate.events import GenerationError  # noqa: E402
+from sophon.generate.pipeline import ChunkSpec, JetSelection, run_chunk  # noqa: E402
+from sophon.generate.settings import SM_PROCESSES, TRAINING_PARTS  # noqa: E402
+from sophon.generate.writer import (  # noqa: E402
+    JETCLASS_SCHEMA, SM_SCHEMA, read_generation_metadata)
 
 __all__ = [
     "generate_training",

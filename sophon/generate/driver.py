@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sophon import __version__
 from sophon.generate import settings as cards
 from sophon.generate.events import GenerationError
 from sophon.generate.pipeline import ChunkResult, ChunkSpec, JetSelection, run_chunk
@@ -352,7 +353,7 @@ def _stage_seconds(results: list[ChunkResult]) -> dict[str, float]:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"python": platform.python_version()}
+    found = {"sophon-explorer": __version__, "python": platform.python_version()}
     for package in ("pythia8mc", "fastjet", "numpy", "awkward", "pyarrow"):
         try:
             found[package] = version(package)

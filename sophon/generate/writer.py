@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sophon import atomic
+from sophon import __version__, atomic
 
 __all__ = ["JETCLASS_SCHEMA", "SM_FIELDS", "SM_SCHEMA", "METADATA_KEY", "build_table",
            "write_table_atomic", "with_metadata", "read_generation_metadata"]
@@ -102,7 +102,8 @@ def with_metadata(table: pa.Table, generation: dict, *, luminosity_fb: float | N
     if luminosity_fb is not None:
         metadata[b"luminosity_fb"] = repr(float(luminosity_fb)).encode()
         # The key the scored-dataset store (sophon.store.DatasetMetadata) reads the luminosity from.
-        metadata[atomic.DATASET_METADATA_KEY] = json.dumps({"luminosity_fb": float(luminosity_fb)}).encode()
+        metadata[atomic.DATASET_METADATA_KEY] = json.dumps(
+            {"luminosity_fb": float(luminosity_fb), "sophon_version": __version__}).encode()
     return table.replace_schema_metadata(metadata)
 
 
