@@ -23,7 +23,8 @@ from sophon.discriminant import Discriminant, event_sum
 from sophon.labels import LABELS
 from sophon.labels import mask as class_mask
 from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, EfficiencyScan,
-                             MassBinning, SignificanceCurve, densest_window, significance_scan)
+                             DIJET_MASS_LABEL, MassBinning, SignificanceCurve, densest_window,
+                             significance_scan)
 from sophon.store import JetDataset
 
 __all__ = ["DatasetAnalysis", "EventTable", "DIJET_MASS_BINNING", "most_probable_class",
@@ -98,7 +99,9 @@ class DatasetAnalysis:
             if "QCD" in names:
                 return dataset.process_codes == names.index("QCD")
         if dataset.has("jet_label"):
-            return class_mask("QCD")[dataset.column("jet_label")]
+            labels = dataset.column("jet_label")
+            # -1 (no truth class, e.g. Delphes or SM jets) is not QCD: never index with it
+            return (labels >= 0) & class_mask("QCD")[np.clip(labels, 0, None)]
         raise ValueError(f"{dataset.path}: no 'process' or 'jet_label' column to find QCD jets")
 
     @cached_property
@@ -228,7 +231,8 @@ class DatasetAnalysis:
         return EfficiencyScan.build(self.event_discriminant(discriminant),
                                     binning.index(events.dijet_mass), events.weight,
                                     events.process_code, self.dataset.process_names,
-                                    efficiencies=efficiencies, binning=binning)
+                                    efficiencies=efficiencies, binning=binning,
+                                    mass_label=DIJET_MASS_LABEL)
 
     def significance(self, discriminant: Discriminant, signal: str,
                      window: tuple[float, float]) -> SignificanceCurve:
@@ -247,7 +251,7 @@ class DatasetAnalysis:
         return significance_scan(self.event_discriminant(discriminant),
                                  binning.index(events.dijet_mass), events.weight,
                                  events.process_code, self.dataset.process_names, signal, window,
-                                 binning=binning)
+                                 binning=binning, mass_label=DIJET_MASS_LABEL)
 
     def top_classes(self, rows: np.ndarray, k: int = 5,
                     chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:

@@ -105,3 +105,27 @@ def test_leading_jet_scan_uses_only_each_events_leading_jet(analysis, synthetic_
                                                    / (weights[passing] ** 2).sum())
     with pytest.raises(ValueError, match="leading"):
         analysis.jet_scan(discriminant, jets="subleading")
+
+
+def test_no_truth_class_is_not_qcd(tmp_path):
+    """jet_label -1 (SM or Delphes jets without a truth class) never counts as QCD."""
+    from sophon.synthetic import make_synthetic
+    from sophon.store import DatasetMetadata, JetDataset, write_dataset
+
+    sample = make_synthetic(200, 3)
+    columns = {k: v for k, v in sample.columns.items() if k != "process"}
+    labels = np.asarray(columns["jet_label"]).copy()
+    labels[:50] = -1
+    columns["jet_label"] = labels
+    path = write_dataset(tmp_path / "jets.parquet", columns, scores=sample.scores,
+                         latents=sample.latents, metadata=DatasetMetadata(model_id="synthetic"))
+    reference = DatasetAnalysis(JetDataset(path)).qcd_reference
+    assert not reference[:50].any()
+    qcd = np.array([name.startswith("QCD") for name in np.array(select("all"))])
+    np.testing.assert_array_equal(reference[50:], qcd[labels[50:]])
+
+
+def test_event_scans_are_labelled_dijet_mass(analysis):
+    from sophon.spectrum import DIJET_MASS_LABEL
+
+    assert analysis.event_scan(PRESETS["X->bb vs QCD"]).mass_label == DIJET_MASS_LABEL
