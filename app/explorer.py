@@ -81,13 +81,6 @@ class Explorer(param.Parameterized):
     scans_built = param.Integer(default=0, doc="How many times this session's jet scan was "
                                 "computed (or taken from the process-wide cache).")
 
-    def __init__(self, **params):
-        self._quiet = True  # watchers wait until _on_analysis has set everything up
-        super().__init__(**params)
-        self._selection_order: tuple | None = None
-        self._quiet = False
-        self._on_analysis()
-
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_path(cls, path: str | Path, **params) -> Explorer:
@@ -139,9 +132,11 @@ class Explorer(param.Parameterized):
         if snapped != self.efficiency:
             self.efficiency = snapped
 
-    @param.depends("analysis", watch=True)
+    @param.depends("analysis", watch=True, on_init=True)
     def _on_analysis(self):
-        self._selection_order = None
+        """A new dataset (or the first): its signals, default window and luminosity in one
+        update, then the scans."""
+        self._selection_order: tuple | None = None
         if self.analysis is None:
             self.param.update(scan=None, event_scan=None, significance=None, selection=None,
                               selection_scan=None, jet=None)
@@ -156,18 +151,14 @@ class Explorer(param.Parameterized):
             updates["window"] = self._default_window(signals[0])
         if self.luminosity is None:
             updates["luminosity"] = dataset.metadata.luminosity_fb
-        self._quiet = True
-        try:
-            self.param.update(**updates)
-        finally:
-            self._quiet = False
+        self.param.update(**updates)  # the significance follows the signal and window
         self._update_scans()
         self._update_significance()
 
     @param.depends("discriminant", "reference", "jets", watch=True)
     def _update_scans(self):
         """The jet scan, event scan and the selection's scan: once per discriminant change."""
-        if self.analysis is None or self._quiet:
+        if self.analysis is None:
             return
         analysis, discriminant = self.analysis, self.discriminant
         try:
@@ -191,8 +182,6 @@ class Explorer(param.Parameterized):
     @param.depends("signal", watch=True)
     def _on_signal(self):
         """A new signal process gets a mass window around its peak."""
-        if self._quiet:
-            return
         window = self._default_window(self.signal)
         if tuple(window) != tuple(self.window):
             self.window = window  # recomputes through _update_significance
@@ -201,7 +190,7 @@ class Explorer(param.Parameterized):
 
     @param.depends("discriminant", "window", watch=True)
     def _update_significance(self):
-        if self.analysis is None or self.signal is None or self._quiet:
+        if self.analysis is None or self.signal is None:
             return
         analysis, discriminant = self.analysis, self.discriminant
         signal, window = self.signal, tuple(float(w) for w in self.window)

@@ -24,9 +24,7 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sophon.analysis import DatasetAnalysis
+from sophon.analysis import BuildOnceCache, DatasetAnalysis
 from sophon.manifest import DEFAULT_DATASET, REPOSITORY_ROOT, ManifestError, verify_path
 from sophon.store import DatasetError, JetDataset
 
@@ -133,11 +131,19 @@ def list_models(directory: Path | None = None) -> list[str]:
 
 
 # --- the per-process cache --------------------------------------------------------------------
-_LOCK = threading.Lock()
-_PATH_LOCKS: dict[Path, threading.Lock] = {}
-_ANALYSES: dict[Path, DatasetAnalysis] = {}
-_SHARED: dict[tuple[int, str], Any] = {}
+_ANALYSES = BuildOnceCache()  # resolved path -> DatasetAnalysis
+_SHARED = BuildOnceCache()  # (id(analysis), name) -> a derived object
+RESULT_CACHE_SIZE = 64
+_RESULTS = BuildOnceCache(RESULT_CACHE_SIZE)  # (id(analysis), *key) -> a small result
 _LOAD_SECONDS: dict[Path, float] = {}
+
+
+class _Unopenable(Exception):
+    """Why a dataset cannot be opened (not cached: a later session tries again)."""
+
+    def __init__(self, problem: DatasetProblem):
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 def _key(path: str | os.PathLike) -> Path:
@@ -151,75 +157,45 @@ def load_analysis(path: str | os.PathLike) -> DatasetAnalysis | DatasetProblem:
     place later is picked up by the next session) and come back as :class:`DatasetProblem`.
     """
     key = _key(path)
-    with _LOCK:
-        if key in _ANALYSES:
-            return _ANALYSES[key]
-        path_lock = _PATH_LOCKS.setdefault(key, threading.Lock())
-    with path_lock:
-        with _LOCK:
-            if key in _ANALYSES:
-                return _ANALYSES[key]
-        start = time.perf_counter()
-        try:
-            verify_path(key)  # a shipped dataset must match its data_manifest.yaml checksum
-            dataset = JetDataset(key, validate=False)
-            if dataset.score_head is not None:  # so must the model whose head gives the scores
-                verify_path(dataset.score_head)
-            dataset.validate()
-            analysis = DatasetAnalysis(dataset)
-            warm_up(analysis)
-        except (DatasetError, ManifestError) as error:
-            return DatasetProblem(Path(path), str(error))
-        except Exception as error:  # anything else in opening or first use: still a page
-            log.exception("cannot open dataset %s", path)
-            text = " ".join(str(error).split())[:500]
-            return DatasetProblem(Path(path), f"{path}: cannot be opened "
-                                              f"({type(error).__name__}: {text})")
-        with _LOCK:
-            _ANALYSES[key] = analysis
-            _LOAD_SECONDS[key] = time.perf_counter() - start
-        log.info("loaded %s (%d jets) in %.1f s", key, analysis.dataset.n_jets,
-                 _LOAD_SECONDS[key])
-        return analysis
+    try:
+        return _ANALYSES.get_or_build(key, lambda: _open_analysis(key, path))
+    except _Unopenable as unopenable:
+        return unopenable.problem
+
+
+def _open_analysis(key: Path, path: str | os.PathLike) -> DatasetAnalysis:
+    start = time.perf_counter()
+    try:
+        verify_path(key)  # a shipped dataset must match its data_manifest.yaml checksum
+        dataset = JetDataset(key, validate=False)
+        if dataset.score_head is not None:  # so must the model whose head gives the scores
+            verify_path(dataset.score_head)
+        dataset.validate()
+        analysis = DatasetAnalysis(dataset)
+        warm_up(analysis)
+    except (DatasetError, ManifestError) as error:
+        raise _Unopenable(DatasetProblem(Path(path), str(error))) from None
+    except Exception as error:  # anything else in opening or first use: still a page
+        log.exception("cannot open dataset %s", path)
+        text = " ".join(str(error).split())[:500]
+        raise _Unopenable(DatasetProblem(Path(path), f"{path}: cannot be opened "
+                                                     f"({type(error).__name__}: {text})")) \
+            from None
+    _LOAD_SECONDS[key] = time.perf_counter() - start
+    log.info("loaded %s (%d jets) in %.1f s", key, analysis.dataset.n_jets, _LOAD_SECONDS[key])
+    return analysis
 
 
 def shared(analysis: DatasetAnalysis, name: str, factory: Callable[[], Any]) -> Any:
     """A derived object of ``analysis`` built once per process (e.g. the latent-space frame)."""
-    key = (id(analysis), name)
-    with _LOCK:
-        if key in _SHARED:
-            return _SHARED[key]
-        path_lock = _PATH_LOCKS.setdefault(Path(f"shared:{key}"), threading.Lock())
-    with path_lock:
-        with _LOCK:
-            if key in _SHARED:
-                return _SHARED[key]
-        value = factory()
-        with _LOCK:
-            _SHARED[key] = value
-        return value
-
-
-_RESULTS: OrderedDict = OrderedDict()
-RESULT_CACHE_SIZE = 64
+    return _SHARED.get_or_build((id(analysis), name), factory)
 
 
 def cached_result(analysis: DatasetAnalysis, key: tuple, factory: Callable[[], Any]) -> Any:
     """A discriminant-dependent result (an efficiency scan, a significance curve: small arrays)
     shared by every session of the process, least recently used first out. Two users on the
     same preset, or one user going back to it, do not recompute it. Results are read-only."""
-    full_key = (id(analysis), *key)
-    with _LOCK:
-        if full_key in _RESULTS:
-            _RESULTS.move_to_end(full_key)
-            return _RESULTS[full_key]
-    value = _read_only(factory())
-    with _LOCK:
-        _RESULTS[full_key] = value
-        _RESULTS.move_to_end(full_key)
-        while len(_RESULTS) > RESULT_CACHE_SIZE:
-            _RESULTS.popitem(last=False)
-    return value
+    return _RESULTS.get_or_build((id(analysis), *key), lambda: _read_only(factory()))
 
 
 def _read_only(result: Any) -> Any:
@@ -244,19 +220,14 @@ def warm_up(analysis: DatasetAnalysis) -> None:
 
 def clear_cache() -> None:
     """Forget every loaded dataset (tests)."""
-    with _LOCK:
-        _ANALYSES.clear()
-        _SHARED.clear()
-        _RESULTS.clear()
-        _PATH_LOCKS.clear()
+    for cache in (_ANALYSES, _SHARED, _RESULTS):
+        cache.clear()
 
 
 def loaded_paths() -> set[Path]:
     """The files of every dataset loaded in this process (the rescoring cleanup keeps them)."""
-    with _LOCK:
-        analyses = list(_ANALYSES.items())
     paths = set()
-    for key, analysis in analyses:
+    for key, analysis in _ANALYSES.items():
         paths.add(key)
         paths.update(Path(f).resolve() for f in analysis.dataset.files)
     return paths
@@ -264,5 +235,4 @@ def loaded_paths() -> set[Path]:
 
 def cached_analysis(path: str | os.PathLike) -> DatasetAnalysis | None:
     """The analysis of ``path`` if it is already loaded (never waits, never loads)."""
-    with _LOCK:
-        return _ANALYSES.get(_key(path))
+    return _ANALYSES.get(_key(path))

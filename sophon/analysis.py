@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -27,31 +27,79 @@ from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, Efficie
                              significance_scan)
 from sophon.store import JetDataset
 
-__all__ = ["DatasetAnalysis", "EventTable", "DIJET_MASS_BINNING", "most_probable_class",
-           "selection_frame", "EXPORT_COLUMNS"]
+__all__ = ["DatasetAnalysis", "EventTable", "BuildOnceCache", "DIJET_MASS_BINNING",
+           "most_probable_class", "selection_frame", "EXPORT_COLUMNS"]
 
 DIJET_MASS_BINNING = MassBinning(bins=100, low=0.0, high=5000.0)
 EfficiencyReference = Literal["all", "QCD"]
 JetChoice = Literal["all", "leading"]
 
 
-class _BoundedCache(OrderedDict):
-    """A least-recently-used mapping holding at most ``size`` entries."""
+class BuildOnceCache:
+    """A thread-safe mapping whose values are built once per key.
 
-    def __init__(self, size: int):
-        super().__init__()
+    :meth:`get_or_build` builds a missing value with the given function while other threads
+    asking for the same key wait for it (other keys build meanwhile); a build that raises
+    stores nothing. With ``size``, the least recently used entries go first. Also the small
+    mapping protocol :meth:`Discriminant.components` fills (``in``, ``[]``, ``[] =``).
+    """
+
+    def __init__(self, size: int | None = None):
         self.size = size
+        self._lock = threading.Lock()
+        self._key_locks: dict = {}
+        self._values: OrderedDict = OrderedDict()
+
+    def get_or_build(self, key, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]
+            try:
+                value = build()
+            finally:
+                with self._lock:
+                    self._key_locks.pop(key, None)
+            self[key] = value
+            return value
+
+    def get(self, key, default=None):
+        with self._lock:
+            return self._values.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._values
 
     def __getitem__(self, key):
-        value = super().__getitem__(key)
-        self.move_to_end(key)
-        return value
+        with self._lock:
+            self._values.move_to_end(key)
+            return self._values[key]
 
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._values[key] = value
+            self._values.move_to_end(key)
+            while self.size is not None and len(self._values) > self.size:
+                self._values.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._values)
+
+    def items(self) -> list:
+        """A snapshot of the entries."""
+        with self._lock:
+            return list(self._values.items())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
 
 
 @dataclass(frozen=True)
@@ -81,9 +129,8 @@ class DatasetAnalysis:
                  cache_size: int = 8):
         self.dataset = dataset
         self.binning = binning
-        self._lock = threading.Lock()
-        self._class_sums = _BoundedCache(cache_size)
-        self._values = _BoundedCache(cache_size)
+        self._class_sums = BuildOnceCache(cache_size)  # filled by Discriminant.components
+        self._values = BuildOnceCache(cache_size)
 
     # --- discriminant-independent arrays ------------------------------------------------------
     @cached_property
@@ -162,12 +209,12 @@ class DatasetAnalysis:
     def discriminant(self, discriminant: Discriminant) -> np.ndarray:
         """Jet-level D (N,) float32."""
         return self._cached_values(("D", discriminant), lambda: discriminant.evaluate(
-            self.dataset.scores, self._class_sums_locked()))
+            self.dataset.scores, self._class_sums))
 
     def log_odds(self, discriminant: Discriminant) -> np.ndarray:
         """Jet-level ln(g_A/g_B) (N,) float32: same order as D, resolvable at tight cuts."""
         return self._cached_values(("log_odds", discriminant), lambda: discriminant.log_odds(
-            self.dataset.scores, self._class_sums_locked()))
+            self.dataset.scores, self._class_sums))
 
     def event_discriminant(self, discriminant: Discriminant) -> np.ndarray:
         """Per event: the sum of D over the two leading jets (eq. 7), float64 (events,)."""
@@ -175,19 +222,14 @@ class DatasetAnalysis:
         return event_sum(self.discriminant(discriminant).astype(np.float64), events.event_of_jet,
                          events.n_events, events.leading)
 
-    def _class_sums_locked(self):
-        # the discriminant reads and fills the class-sum cache; hand it a view that locks
-        return _LockedMapping(self._class_sums, self._lock)
+    def _cached_values(self, key, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Per-jet values computed once per key (read-only: every session shares them)."""
+        def build() -> np.ndarray:
+            values = compute()
+            values.flags.writeable = False
+            return values
 
-    def _cached_values(self, key, compute) -> np.ndarray:
-        with self._lock:
-            if key in self._values:
-                return self._values[key]
-        values = compute()
-        values.flags.writeable = False
-        with self._lock:
-            self._values[key] = values
-        return values
+        return self._values.get_or_build(key, build)
 
     # --- scans --------------------------------------------------------------------------------
     def jet_scan(self, discriminant: Discriminant, *,
@@ -308,22 +350,3 @@ def selection_frame(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: D
         columns[f"top{position + 1}_class"] = list(labels[top[:, position]])
         columns[f"top{position + 1}_prob"] = probabilities[:, position]
     return pl.DataFrame(columns)
-
-
-class _LockedMapping:
-    """The small mapping protocol Discriminant.components uses, under a lock."""
-
-    def __init__(self, mapping, lock):
-        self._mapping, self._lock = mapping, lock
-
-    def __contains__(self, key):
-        with self._lock:
-            return key in self._mapping
-
-    def __getitem__(self, key):
-        with self._lock:
-            return self._mapping[key]
-
-    def __setitem__(self, key, value):
-        with self._lock:
-            self._mapping[key] = value

@@ -17,20 +17,24 @@ from __future__ import annotations
 import html
 import io
 import re
+from collections.abc import Callable
 
 import panel as pn
 import param
 
 from sophon.discriminant import (MAX_DEFINITION_CHARACTERS, MAX_TEXT_LENGTH, PRESETS,
-                                 Discriminant, DiscriminantError, Term)
+                                 Discriminant, DiscriminantError, Term, preset_name)
 from sophon.labels import (GROUPS, LABELS, MAX_QUERY_LENGTH, REWEIGHT_GROUPS, QueryError,
                            select)
 
 from app.views.base import ExplorerView, message_html, text_message
 
-__all__ = ["ComposerView", "TermEditor", "picker_query", "CONTENT_FILTERS", "GROUP_OPTIONS"]
+__all__ = ["ComposerView", "TermEditor", "picker_query", "in_document_lock", "CONTENT_FILTERS",
+           "GROUP_OPTIONS"]
 
 NO_PRESET = "— choose a preset —"
+LEVELS = {"jet": "jet", "event (j1 + j2)": "event"}
+EDITED = " (edited)"  # appended to a preset's name once its definition is edited
 ANY = "any"
 # The content counts offered by the picker (query field -> label).
 CONTENT_FILTERS: dict[str, str] = {
@@ -76,6 +80,45 @@ def validate_query(query: str) -> tuple[bool, str]:
     return True, _describe(classes)
 
 
+def in_document_lock(action: Callable[[], None]) -> None:
+    """Run ``action`` where Bokeh holds the session's document lock: on a served page at the
+    server's next tick (``pn.state.execute(action, schedule=True)``, a next-tick callback that
+    Bokeh runs with the lock held), elsewhere (a notebook, tests) now.
+
+    Panel handles a widget event (Enter in a text field, a button click) that arrives while a
+    change of the same session is still pending in a coroutine that runs WITHOUT the document
+    lock, and the pending change's watchers run there too. Panel's own models cope, but a Bokeh
+    model changed directly in such a watcher (the figures' data sources) makes Bokeh raise
+    ``RuntimeError: _pending_writes should be non-None when we have a document lock`` half way
+    through the watchers: the plots showed the new discriminant, the formula, the preset and
+    the URL the old one. So every change of the form is applied from here.
+    """
+    pn.state.execute(action, schedule=True)
+
+
+def text_field(parameter: param.Parameter, **params) -> pn.widgets.TextInput:
+    """A text input bound both ways to ``parameter`` (its value is committed on Enter or on
+    leaving the field), whose typed text (``value_input``, validated live) also follows the
+    parameter when it is set elsewhere (a preset, a YAML file, a link)."""
+    owner, name = parameter.owner, parameter.name
+    widget = pn.widgets.TextInput.from_param(parameter, value_input=getattr(owner, name),
+                                             **params)
+    owner.param.watch(lambda event: setattr(widget, "value_input", event.new), name)
+    return widget
+
+
+def query_status(text: str) -> str:
+    """HTML: whether the class query ``text`` is valid and what it selects."""
+    if not text.strip():
+        return ("<span class='term-status-text' style='color:#888'>type a query or use the "
+                "picker</span>")
+    ok, description = validate_query(text)
+    color = "#2e7d32" if ok else "#c62828"
+    mark = "✓" if ok else "✗"
+    return (f"<span class='term-status-text' style='color:{color};font-size:0.85em'>{mark} "
+            f"{html.escape(description)}</span>")
+
+
 def _lazy_card(title: str, contents) -> pn.Card:
     """A collapsed card whose contents are rendered when it is first opened (a page that never
     opens it never builds their models)."""
@@ -90,36 +133,34 @@ def _lazy_card(title: str, contents) -> pn.Card:
 
 
 class TermEditor(pn.viewable.Viewer):
-    """One numerator term: query, weight, label, live validation and a remove button."""
+    """One numerator row: query, weight, label (widgets bound to these parameters), the live
+    validation of the query as it is typed, and a remove button."""
 
     query = param.String(default="")
-    weight = param.Number(default=1.0, doc="Checked by Term (a finite number from 0 to "
-                          "MAX_WEIGHT), so that a bad value is reported, not raised.")
+    weight = param.Number(default=1.0, allow_None=True,
+                          doc="Checked by Term (a finite number from 0 to MAX_WEIGHT), so that a "
+                          "bad value is reported, not raised; an emptied field is 0.")
     label = param.String(default="")
     removed = param.Event()
-    changed = param.Event(doc="A committed value changed.")
 
     def __init__(self, **params):
         super().__init__(**params)
-        self._query = pn.widgets.TextInput(value=self.query,
-                                           placeholder="class query, e.g. X_bb | X_cc",
-                                           max_length=MAX_QUERY_LENGTH,
-                                           sizing_mode="stretch_width", css_classes=["term-query"])
-        self._weight = pn.widgets.FloatInput(value=self.weight, start=0, step=0.1, width=80,
-                                             css_classes=["term-weight"])
-        self._label = pn.widgets.TextInput(value=self.label, placeholder="label", width=90,
-                                           max_length=MAX_TEXT_LENGTH["label"],
-                                           css_classes=["term-label"])
+        self._query = text_field(self.param.query, name="", placeholder="class query, e.g. "
+                                 "X_bb | X_cc", max_length=MAX_QUERY_LENGTH,
+                                 sizing_mode="stretch_width", css_classes=["term-query"])
+        self._weight = pn.widgets.FloatInput.from_param(self.param.weight, name="", start=0,
+                                                        step=0.1, width=80,
+                                                        css_classes=["term-weight"])
+        self._label = pn.widgets.TextInput.from_param(self.param.label, name="",
+                                                      placeholder="label", width=90,
+                                                      max_length=MAX_TEXT_LENGTH["label"],
+                                                      css_classes=["term-label"])
         self._remove = pn.widgets.Button(label="✕", width=36, color="light",
                                          description="remove this term")
-        self._status = pn.pane.HTML("", margin=(0, 10), css_classes=["term-status"],
-                                    sizing_mode="stretch_width")
-        self._query.param.watch(self._on_input, "value_input")
-        self._query.param.watch(self._on_commit, "value")
-        self._weight.param.watch(self._on_commit, "value")
-        self._label.param.watch(self._on_commit, "value")
         self._remove.on_click(lambda event: self.param.trigger("removed"))
-        self._show_status(self.query)
+        self._status = pn.pane.HTML(pn.bind(query_status, self._query.param.value_input),
+                                    margin=(0, 10), css_classes=["term-status"],
+                                    sizing_mode="stretch_width")
         self._layout = pn.Column(
             pn.Row(self._query, pn.pane.HTML("×", margin=(12, 2)), self._weight, self._label,
                    self._remove, sizing_mode="stretch_width"),
@@ -128,83 +169,76 @@ class TermEditor(pn.viewable.Viewer):
     def __panel__(self):
         return self._layout
 
-    def _on_input(self, event):
-        self._show_status(event.new)
-
-    def _show_status(self, text: str) -> None:
-        if not text.strip():
-            self._status.object = ("<span class='term-status-text' style='color:#888'>type a "
-                                   "query or use the picker</span>")
-            return
-        ok, description = validate_query(text)
-        color = "#2e7d32" if ok else "#c62828"
-        mark = "✓" if ok else "✗"
-        self._status.object = (f"<span class='term-status-text' style='color:{color};"
-                               f"font-size:0.85em'>{mark} {html.escape(description)}</span>")
-
-    def _on_commit(self, event):
-        self.param.update(query=self._query.value, weight=float(self._weight.value or 0.0),
-                          label=self._label.value)
-        self._show_status(self._query.value)
-        self.param.trigger("changed")
-
     def set(self, query: str | None = None, weight: float | None = None,
             label: str | None = None) -> None:
-        """Set the widgets (and commit), as if typed."""
-        if query is not None:
-            self._query.value_input = query
-            self._query.value = query
-        if weight is not None:
-            self._weight.value = weight
-        if label is not None:
-            self._label.value = label
+        """Set the given fields together (one commit), as if typed."""
+        given = {"query": query, "weight": weight, "label": label}
+        self.param.update(**{key: value for key, value in given.items() if value is not None})
+
+    def row(self) -> tuple[str, float, str]:
+        """(query, weight, label) as typed (an emptied weight is 0)."""
+        return (self.query, 0.0 if self.weight is None else float(self.weight), self.label)
 
     def term(self) -> Term:
-        return Term(classes=self._query.value.strip(), weight=float(self._weight.value or 0.0),
-                    label=self._label.value.strip())
+        query, weight, label = self.row()
+        return Term(classes=query.strip(), weight=weight, label=label.strip())
 
 
 class ComposerView(ExplorerView):
-    """Compose the session's discriminant: terms, denominator, presets, LaTeX, YAML."""
+    """Compose the session's discriminant: terms, denominator, presets, LaTeX, YAML.
 
-    status = param.String(default="", doc="Why the form is not applied ('' when it is).")
+    The form is this view's parameters (the widgets are bound to them both ways): a change of
+    any of them is applied once, in the document lock (:func:`in_document_lock`); loading a
+    definition sets them all in one update, so that it is applied once and whole.
+    """
+
+    discriminant_name = param.String(default="", doc="The discriminant's name; a preset's name "
+                                     "stays with the preset's own definition.")
+    level = param.Selector(default="jet", objects=LEVELS)
+    denominator = param.String(default="QCD", doc="The classes summed into g_B; those also in "
+                               "the numerator count in g_A only.")
+    terms = param.List(default=[], item_type=tuple,
+                       doc="The numerator rows as typed: (query, weight, label) each; rows with "
+                           "an empty query are not terms yet.")
+    status = param.String(default="", doc="What the page says about the form: why it is not "
+                          "applied, or what applying it changed ('' when neither).")
 
     def __init__(self, explorer=None, **params):
         super().__init__(explorer, **params)
-        self._loading = False
+        self._loaded: Discriminant = self.explorer.discriminant  # where the form comes from
         self._preset = pn.widgets.Select(label="Preset (arXiv:2405.12972)",
                                          options=[NO_PRESET, *PRESETS], value=NO_PRESET,
                                          sizing_mode="stretch_width", css_classes=["preset"])
-        self._name = pn.widgets.TextInput(label="Name", sizing_mode="stretch_width",
-                                          max_length=MAX_TEXT_LENGTH["name"],
-                                          css_classes=["discriminant-name"])
-        self._level = pn.widgets.RadioButtonGroup(
-            label="Level", color="primary", variant="outline",
-            options={"jet": "jet", "event (j1 + j2)": "event"})
+        self._name = text_field(self.param.discriminant_name, name="Name",
+                                sizing_mode="stretch_width", max_length=MAX_TEXT_LENGTH["name"],
+                                css_classes=["discriminant-name"])
+        self._level = pn.widgets.RadioButtonGroup.from_param(self.param.level, name="Level",
+                                                             color="primary", variant="outline")
         self._terms = pn.Column(sizing_mode="stretch_width")
         self._editors: list[TermEditor] = []
         self._add = pn.widgets.Button(label="+ add term", color="default", width=110)
-        self._denominator = pn.widgets.TextInput(label="Denominator classes", value="QCD",
-                                                 sizing_mode="stretch_width",
-                                                 max_length=MAX_QUERY_LENGTH,
-                                                 css_classes=["denominator"])
-        self._denominator_status = pn.pane.HTML("", css_classes=["term-status"])
+        self._denominator = text_field(self.param.denominator, name="Denominator classes",
+                                       sizing_mode="stretch_width", max_length=MAX_QUERY_LENGTH,
+                                       css_classes=["denominator"])
+        self._denominator_status = pn.pane.HTML(
+            pn.bind(query_status, self._denominator.param.value_input),
+            css_classes=["term-status"])
+        # long formulas scroll sideways inside the sidebar instead of being cut off
         self._latex = pn.pane.LaTeX("", renderer="katex", sizing_mode="stretch_width",
-                                    styles={"font-size": "1.25em", "overflow-x": "auto"},
+                                    styles={"font-size": "1.25em"},
+                                    stylesheets=[":host { overflow-x: auto; overflow-y: hidden; "
+                                                 "max-width: 100%; }"],
                                     css_classes=["formula"])
         self._summary = pn.pane.HTML("", sizing_mode="stretch_width",
                                      styles={"font-size": "0.85em"},
                                      css_classes=["composer-summary"])
         self._alert = text_message("", "danger", visible=False, css_classes=["composer-error"])
+        self._note = text_message("", "info", visible=False, css_classes=["composer-note"])
         self._picker = self._build_picker()
         self._yaml = self._build_yaml()
 
         self._preset.param.watch(self._on_preset, "value")
         self._add.on_click(lambda event: self.add_term("", 1.0, ""))
-        self._denominator.param.watch(lambda e: self._show_denominator(e.new), "value_input")
-        for widget in (self._name, self._denominator):
-            widget.param.watch(self._on_change, "value")
-        self._level.param.watch(self._on_change, "value")
         self.explorer.param.watch(self._on_external, "discriminant")
         self.load(self.explorer.discriminant)
 
@@ -215,7 +249,7 @@ class ComposerView(ExplorerView):
             self._terms, self._add,
             self._picker,
             self._denominator, self._denominator_status,
-            self._alert,
+            self._alert, self._note,
             pn.pane.Markdown("**Formula**", margin=(0, 10)),
             self._latex, self._summary,
             self._yaml,
@@ -271,16 +305,16 @@ class ComposerView(ExplorerView):
     def _show_picker_query(self, *events) -> None:
         query = self.picker_query()
         ok, description = validate_query(query)
-        self._picker_query.object = (f"<code>{html.escape(query)}</code> → "
+        self._picker_query.object = (f"<div class='picker-query-text'>"
+                                     f"<code>{html.escape(query)}</code> → "
                                      f"<span style='color:{'#2e7d32' if ok else '#c62828'}'>"
-                                     f"{html.escape(description)}</span>")
+                                     f"{html.escape(description)}</span></div>")
 
     def _replace_last(self, query: str) -> None:
-        rows = self._term_editors()
-        if not rows:
+        if not self._editors:
             self.add_term(query, 1.0, "")
         else:
-            rows[-1].set(query=query)
+            self._editors[-1].set(query=query)
 
     # --- YAML -----------------------------------------------------------------------------
     def _build_yaml(self) -> pn.Card:
@@ -330,120 +364,129 @@ class ComposerView(ExplorerView):
         except (DiscriminantError, QueryError) as error:
             self._show_error(f"Could not import {source}: {error}")
             return None
-        self.load(discriminant)
-        self.explorer.discriminant = discriminant
+        self._apply_definition(discriminant)
         return discriminant
 
     def export_yaml(self) -> str:
         return self.explorer.discriminant.to_yaml()
 
     # --- the form -------------------------------------------------------------------------
-    def _term_editors(self) -> list[TermEditor]:
-        return list(self._editors)
+    @param.depends("terms", watch=True)
+    def _show_terms(self) -> None:
+        """One editor per row: existing editors are reused (their widgets updated), editors are
+        added or removed only when the number of rows changes."""
+        rows = self.terms
+        if len(self._editors) != len(rows):
+            kept = self._editors[:len(rows)]
+            self._editors = kept + [self._new_editor() for _ in rows[len(kept):]]
+            self._terms.objects = [editor.__panel__() for editor in self._editors]
+        for editor, (query, weight, label) in zip(self._editors, rows):
+            editor.param.update(query=query, weight=weight, label=label)
 
-    def _new_editor(self, query: str, weight: float, label: str) -> TermEditor:
-        editor = TermEditor(query=query, weight=weight, label=label)
-        editor.param.watch(self._on_change, "changed")
+    def _new_editor(self) -> TermEditor:
+        editor = TermEditor()
+        editor.param.watch(lambda *events: self._edit_term(editor), ["query", "weight", "label"])
         editor.param.watch(lambda event: self.remove_term(editor), "removed")
         return editor
 
-    def _show_editors(self) -> None:
-        self._terms.objects = [editor.__panel__() for editor in self._editors]
+    def _edit_term(self, editor: TermEditor) -> None:
+        """A row was edited. A label names its query: a new query without a new label drops
+        the old label (a preset's, say), so that the formula never names what is not
+        computed."""
+        index = self._editors.index(editor)
+        old, new = self.terms[index], editor.row()
+        if new == old:  # the editor shows the row already (it was just loaded)
+            return
+        if new[0] != old[0] and new[2] == old[2]:
+            new = (new[0], new[1], "")
+        self.terms = [*self.terms[:index], new, *self.terms[index + 1:]]
 
     def add_term(self, query: str = "", weight: float = 1.0, label: str = "") -> TermEditor:
-        editor = self._new_editor(query, weight, label)
-        self._editors.append(editor)
-        self._show_editors()
-        if query and not self._loading:
-            self._on_change()
-        return editor
+        """A new numerator row (applied at once when its query is not empty)."""
+        self.terms = [*self.terms, (query, float(weight), label)]
+        return self._editors[-1]
 
     def remove_term(self, editor: TermEditor) -> None:
         if editor in self._editors:
+            index = self._editors.index(editor)
             self._editors.remove(editor)
-            self._show_editors()
-            self._on_change()
+            self._terms.objects = [e.__panel__() for e in self._editors]
+            self.terms = [*self.terms[:index], *self.terms[index + 1:]]
 
     def load(self, discriminant: Discriminant) -> None:
-        """Show ``discriminant`` in the form (without re-applying it). Existing term rows are
-        reused; rows are added or removed only when the number of terms changes."""
-        self._loading = True
-        try:
-            self._name.value = discriminant.name
-            self._level.value = discriminant.level
-            self._denominator.value_input = discriminant.denominator
-            self._denominator.value = discriminant.denominator
-            terms = discriminant.numerator
-            for editor, term in zip(self._editors, terms):
-                editor.set(term.classes, term.weight, term.label)
-            if len(self._editors) != len(terms):
-                kept = self._editors[:len(terms)]
-                kept += [self._new_editor(t.classes, t.weight, t.label)
-                         for t in terms[len(kept):]]
-                self._editors = kept
-                self._show_editors()
-            preset = next((name for name, d in PRESETS.items() if d == discriminant), NO_PRESET)
-            self._preset.value = preset
-        finally:
-            self._loading = False
-        self._show_denominator(discriminant.denominator)
-        self._show(discriminant)
+        """Show ``discriminant`` in the form, in one update of the form's parameters."""
+        self._loaded = discriminant
+        self.param.update(discriminant_name=discriminant.name, level=discriminant.level,
+                          denominator=discriminant.denominator,
+                          terms=[(t.classes, float(t.weight), t.label)
+                                 for t in discriminant.numerator])
 
     def build(self) -> Discriminant:
-        """The discriminant the form describes; DiscriminantError/QueryError if it is invalid."""
-        terms = tuple(editor.term() for editor in self._term_editors())
-        return Discriminant(name=self._name.value.strip() or "custom", numerator=terms,
-                            denominator=self._denominator.value.strip(),
-                            level=self._level.value, description=self._description())
+        """The discriminant the form describes; DiscriminantError/QueryError if it is invalid.
 
-    def _description(self) -> str:
-        current = self.explorer.discriminant
-        return current.description if current.name == self._name.value.strip() else ""
+        The description belongs to the definition the form was loaded from, and goes with its
+        name; a preset's name is kept only by the preset itself: an edited preset is named
+        "<preset> (edited)" and has no description.
+        """
+        terms = tuple(Term(classes=query.strip(), weight=weight, label=label.strip())
+                      for query, weight, label in self.terms if query.strip())
+        name = self.discriminant_name.strip() or "custom"
+        description = self._loaded.description if name == self._loaded.name else ""
+        discriminant = Discriminant(name=name, numerator=terms,
+                                    denominator=self.denominator.strip(), level=self.level,
+                                    description=description)
+        if name in PRESETS and discriminant != PRESETS[name]:
+            edited = (name + EDITED)[:MAX_TEXT_LENGTH["name"]]
+            discriminant = Discriminant(name=edited, numerator=terms,
+                                        denominator=discriminant.denominator, level=self.level)
+        return discriminant
 
-    def _on_change(self, *events) -> None:
-        if self._loading:
-            return
+    @param.depends("discriminant_name", "level", "denominator", "terms", watch=True)
+    def _on_form(self) -> None:
+        in_document_lock(self._apply_form)
+
+    def _apply_form(self) -> None:
+        """Make the form the session's discriminant, or say why it cannot be (the last valid
+        one stays)."""
         try:
             discriminant = self.build()
         except (DiscriminantError, QueryError) as error:
             self._show_error(f"Not applied: {error}")
             return
-        self._hide_error()
-        preset = next((name for name, d in PRESETS.items() if d == discriminant), NO_PRESET)
-        self._loading = True
-        try:
-            self._preset.value = preset
-        finally:
-            self._loading = False
+        self._show_applied(discriminant)
+        if discriminant.name != self.discriminant_name.strip():
+            self.discriminant_name = discriminant.name  # an edited preset's new name
         if discriminant != self.explorer.discriminant:
-            self.explorer.discriminant = discriminant
+            self.explorer.discriminant = discriminant  # shown by _on_external
         else:
             self._show(discriminant)
 
     def _on_preset(self, event) -> None:
-        if self._loading or event.new == NO_PRESET:
-            return
-        self.apply_preset(event.new)
+        if event.new != NO_PRESET:
+            self.apply_preset(event.new)
 
     def apply_preset(self, name: str) -> None:
-        discriminant = PRESETS[name]
+        self._apply_definition(PRESETS[name])
+
+    def _apply_definition(self, discriminant: Discriminant) -> None:
+        """A whole definition (a preset, a YAML file) into the form, then applied."""
         self.load(discriminant)
-        self._hide_error()
-        self.explorer.discriminant = discriminant
+        in_document_lock(self._apply_form)  # also when the form showed it already
 
     def _on_external(self, event) -> None:
-        """The session's discriminant changed elsewhere (URL, YAML, a notebook): show it."""
+        """The session's discriminant changed (this form, the URL, a notebook): show it."""
         try:
             current = self.build()
         except (DiscriminantError, QueryError):
             current = None
         if current != event.new:
             self.load(event.new)
-        else:
-            self._show(event.new)
+        self._show(event.new)
 
     # --- display --------------------------------------------------------------------------
     def _show(self, discriminant: Discriminant) -> None:
+        """The applied discriminant: formula, summary and the preset it is (if any)."""
+        self._preset.value = preset_name(discriminant) or NO_PRESET
         # the KaTeX pane sets its text as HTML, then typesets the $...$ in it: the LaTeX (whose
         # labels are escaped for LaTeX by Discriminant.latex) is HTML-escaped too
         self._latex.object = f"${html.escape(discriminant.latex(), quote=False)}$"
@@ -454,23 +497,24 @@ class ComposerView(ExplorerView):
         description = (f" — <span class='composer-description'>"
                        f"{html.escape(discriminant.description)}</span>"
                        if discriminant.description else "")
-        self._summary.object = (f"<b class='composer-name'>{html.escape(discriminant.name)}</b> "
+        self._summary.object = (f"<div class='composer-summary-text'>"
+                                f"<b class='composer-name'>{html.escape(discriminant.name)}</b> "
                                 f"({level}){description}<br>"
                                 f"g<sub>A</sub>: {html.escape(_describe(numerator, 4))}<br>"
-                                f"g<sub>B</sub>: {html.escape(_describe(denominator, 4))}")
+                                f"g<sub>B</sub>: {html.escape(_describe(denominator, 4))}</div>")
 
-    def _show_denominator(self, text: str) -> None:
-        ok, description = validate_query(text) if text.strip() else (False, "empty")
-        color = "#2e7d32" if ok else "#c62828"
-        self._denominator_status.object = (f"<span style='color:{color};font-size:0.85em'>"
-                                           f"{'✓' if ok else '✗'} {html.escape(description)}"
-                                           "</span>")
+    def _show_applied(self, discriminant: Discriminant) -> None:
+        """No error; say which denominator classes went to the numerator, if any."""
+        both = discriminant.classes_in_both
+        text = (f"{_describe(both)} {'is' if len(both) == 1 else 'are'} in the numerator and "
+                f"in the denominator set: counted in g_A only, left out of g_B." if both else "")
+        self.status = text
+        self._alert.visible = False
+        self._note.object = message_html(text, "composer-note-text")
+        self._note.visible = bool(text)
 
     def _show_error(self, text: str) -> None:
         self.status = text
         self._alert.object = message_html(text, "composer-error-text")
         self._alert.visible = True
-
-    def _hide_error(self) -> None:
-        self.status = ""
-        self._alert.visible = False
+        self._note.visible = False

@@ -20,7 +20,7 @@ from sophon.stats import asimov_significance
 
 from app.plots import efficiency_label, format_number, new_figure
 from app.views.base import ExplorerView, message, problem_message
-from app.views.spectrum import link_widget
+from app.views.spectrum import ToggleGroup
 
 __all__ = ["SignificanceView", "significance_values"]
 
@@ -50,19 +50,14 @@ class SignificanceView(ExplorerView):
             return
         binning = explorer.analysis.binning
         width = (binning.high - binning.low) / binning.bins
-        self._signal = pn.widgets.Select(label="Signal process",
-                                         options=list(explorer.param.signal.objects),
-                                         value=explorer.signal, width=180)
-        self._window = pn.widgets.RangeSlider(label="Mass window (GeV)", start=binning.low,
-                                              end=binning.high, step=width,
-                                              value=tuple(explorer.window),
-                                              sizing_mode="stretch_width")
-        self._format = pn.widgets.RadioButtonGroup(options=["PNG", "SVG"], value=self.export_format,
-                                                   color="primary", variant="outline")
-        link_widget(self._signal, explorer, "signal")
-        self._window.param.watch(self._on_window, "value_throttled")
-        explorer.param.watch(self._on_explorer_window, "window")
-        self._format.link(self, value="export_format")
+        self._signal = pn.widgets.Select.from_param(explorer.param.signal, name="Signal process",
+                                                    width=180)
+        # the window is applied when the slider is released (value_throttled)
+        self._window = pn.widgets.RangeSlider.from_param(
+            explorer.param.window, name="Mass window (GeV)", start=binning.low,
+            end=binning.high, step=width, throttled=True, sizing_mode="stretch_width")
+        self._format = ToggleGroup.from_param(self.param.export_format, name="",
+                                              options=["PNG", "SVG"])
         self.param.watch(self._make_figure, "export_format")
 
         self.source = ColumnDataSource({"efficiency": [], "s": [], "b": [], "z": []})
@@ -88,15 +83,6 @@ class SignificanceView(ExplorerView):
             ("ε_B", "@efficiency{0.[0000]e}"), ("s", "@s{0.[00]}"), ("b", "@b{0.[00]}"),
             ("Z", "@z{0.[000]}")]))
         self._pane.object = self.figure
-
-    def _on_window(self, event) -> None:
-        low, high = event.new
-        if (low, high) != tuple(self.explorer.window):
-            self.explorer.window = (float(low), float(high))
-
-    def _on_explorer_window(self, event) -> None:
-        if tuple(self._window.value) != tuple(event.new):
-            self._window.value = tuple(event.new)
 
     def values(self) -> dict[str, np.ndarray] | None:
         curve = self.explorer.significance

@@ -21,47 +21,31 @@ from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number, pl
 from app.views.base import ExplorerView, message, problem_message
 
 __all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
-           "link_widget", "scan_summary", "LOW_STATISTICS"]
+           "scan_summary", "LOW_STATISTICS"]
 
 #: Below this effective number of jets a spectrum is a handful of weighted jets: say so.
 LOW_STATISTICS = 25.0
 
 
-def toggle(**params) -> pn.widgets.RadioButtonGroup:
+class ToggleGroup(pn.widgets.RadioButtonGroup):
     """A button group whose chosen button is filled."""
-    return pn.widgets.RadioButtonGroup(color="primary", variant="outline", **params)
 
-
-def link_widget(widget, explorer: Explorer, name: str, *, attribute: str = "value") -> None:
-    """Keep ``widget.<attribute>`` and ``explorer.<name>`` equal, both ways."""
-    def to_explorer(event):
-        if getattr(explorer, name) != event.new:
-            setattr(explorer, name, event.new)
-
-    def to_widget(event):
-        if getattr(widget, attribute) != event.new:
-            setattr(widget, attribute, event.new)
-
-    widget.param.watch(to_explorer, attribute)
-    explorer.param.watch(to_widget, name)
+    color = param.Selector(default="primary")
+    variant = param.Selector(default="outline")
 
 
 def efficiency_widgets(explorer: Explorer) -> tuple[pn.widgets.DiscreteSlider,
                                                     pn.widgets.DiscretePlayer]:
     """A slider and a player over the scan's efficiencies, both bound to ``explorer.efficiency``."""
     options = {efficiency_label(e): e for e in EFFICIENCIES}
-    slider = pn.widgets.DiscreteSlider(label="Efficiency", options=options,
-                                       value=EFFICIENCIES[explorer.level],
-                                       sizing_mode="stretch_width",
-                                       css_classes=["efficiency-slider"])
-    player = pn.widgets.DiscretePlayer(label="Play over efficiency", options=list(EFFICIENCIES),
-                                       value=EFFICIENCIES[explorer.level], interval=800,
-                                       show_value=False, loop_policy="once", width=300,
-                                       show_loop_controls=False,
-                                       visible_buttons=["slower", "previous", "pause", "play",
-                                                        "next", "faster"])
-    link_widget(slider, explorer, "efficiency")
-    link_widget(player, explorer, "efficiency")
+    slider = pn.widgets.DiscreteSlider.from_param(explorer.param.efficiency, name="Efficiency",
+                                                  options=options,
+                                                  sizing_mode="stretch_width",
+                                                  css_classes=["efficiency-slider"])
+    player = pn.widgets.DiscretePlayer.from_param(
+        explorer.param.efficiency, name="Play over efficiency", options=list(EFFICIENCIES),
+        interval=800, show_value=False, loop_policy="once", width=300, show_loop_controls=False,
+        visible_buttons=["slower", "previous", "pause", "play", "next", "faster"])
     return slider, player
 
 
@@ -282,28 +266,23 @@ class SpectrumView(ScanView):
         super().__init__(explorer, **params)
         explorer = self.explorer
         self._slider, self._player = efficiency_widgets(explorer)
-        self._mode = toggle(options={"absolute": False, "normalised": True},
-                                                 value=explorer.normalise)
-        self._yscale = toggle(options={"log": True, "linear": False},
-                                                   value=explorer.log_y)
-        self._reference = toggle(
-            options={"ε over all jets": "all", "ε over QCD jets": "QCD"},
-            value=explorer.reference)
-        self._luminosity = pn.widgets.FloatInput(label="Luminosity (fb⁻¹)", start=0, step=10,
-                                                 value=explorer.luminosity, width=130,
-                                                 disabled=not explorer.weighted)
-        self._format = toggle(options=["PNG", "SVG"], value=self.export_format)
-        self._jets = toggle(options={"all jets": "all", "leading jet": "leading"},
-                            value=explorer.jets,
-                            disabled=not (explorer.ready and explorer.dataset.has("jet_rank")))
-        self._errors = pn.widgets.Checkbox(label="MC errors", value=explorer.show_errors)
-        link_widget(self._jets, explorer, "jets")
-        link_widget(self._errors, explorer, "show_errors")
-        link_widget(self._mode, explorer, "normalise")
-        link_widget(self._yscale, explorer, "log_y")
-        link_widget(self._reference, explorer, "reference")
-        link_widget(self._luminosity, explorer, "luminosity")
-        self._format.link(self, value="export_format")
+        self._mode = ToggleGroup.from_param(explorer.param.normalise, name="",
+                                            options={"absolute": False, "normalised": True})
+        self._yscale = ToggleGroup.from_param(explorer.param.log_y, name="",
+                                              options={"log": True, "linear": False})
+        self._reference = ToggleGroup.from_param(
+            explorer.param.reference, name="",
+            options={"ε over all jets": "all", "ε over QCD jets": "QCD"})
+        self._luminosity = pn.widgets.FloatInput.from_param(
+            explorer.param.luminosity, name="Luminosity (fb⁻¹)", start=0, step=10, width=130,
+            disabled=not explorer.weighted)
+        self._format = ToggleGroup.from_param(self.param.export_format, name="",
+                                              options=["PNG", "SVG"])
+        self._jets = ToggleGroup.from_param(
+            explorer.param.jets, name="", options={"all jets": "all", "leading jet": "leading"},
+            disabled=not (explorer.ready and explorer.dataset.has("jet_rank")))
+        self._errors = pn.widgets.Checkbox.from_param(explorer.param.show_errors,
+                                                      name="MC errors")
 
     def controls(self):
         return pn.FlexBox(  # wraps on a narrow screen
