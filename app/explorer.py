@@ -244,6 +244,14 @@ class Explorer(param.Parameterized):
         self._set_selection(indices, f"lasso of {len(np.asarray(vertices))} points")
         return indices
 
+    def select_indices(self, indices: np.ndarray, label: str = "indices") -> None:
+        """Select the jets ``indices`` (dataset rows, e.g. a notebook's nearest neighbours)."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        if self.ready and indices.size and (indices[0] < 0 or indices[-1] >= self.dataset.n_jets):
+            raise IndexError(f"jet indices must lie in [0, {self.dataset.n_jets})")
+        self.clear_selection()  # also forgets the shape of a previous box or lasso
+        self.param.update(selection=indices, selection_label=label)
+
     def clear_selection(self) -> None:
         self.param.update(selection=None, selection_label="")
 

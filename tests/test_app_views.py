@@ -737,3 +737,12 @@ def test_truth_colouring_needs_at_least_one_labelled_jet(tmp_path):
                                     pa.array(np.full(table.num_rows, -1, np.int32))), unlabelled)
     latent = LatentData(DatasetAnalysis(JetDataset(unlabelled)))
     assert not latent.available("truth") and latent.available("process")
+
+
+def test_select_indices_selects_exactly_those_jets(explorer):
+    explorer.select_indices(np.array([5, 3, 3, 9]), "three jets")
+    np.testing.assert_array_equal(explorer.selection, [3, 5, 9])
+    assert explorer.selection_label == "three jets"
+    with pytest.raises(IndexError, match="jet indices"):
+        explorer.select_indices(np.array([explorer.dataset.n_jets]))
+    explorer.clear_selection()
