@@ -5,7 +5,8 @@ Data flows one way::
     dataset (shared) -> discriminant -> thresholds -> histograms (EfficiencyScan) -> views
 
 :class:`Explorer` owns the session's choices (discriminant, efficiency reference, efficiency,
-luminosity, signal process and mass window, latent selection, chosen jet) and the results built
+luminosity, signal process and mass window, latent selection and its shape, chosen jet) and the
+results built
 from them: the jet scan, the event scan, the significance curve and the selection's spectra are
 computed ONCE per change of what they depend on. Views only re-slice them: moving the efficiency
 slider never touches the jets.
@@ -18,6 +19,7 @@ is a latent-space selection, the selected jets' indices.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +34,49 @@ from sophon.store import DatasetError
 from app import selection as jet_selection
 from app.state import DatasetProblem, cached_result, load_analysis
 
-__all__ = ["Explorer", "DEFAULT_DISCRIMINANT", "EFFICIENCIES"]
+__all__ = ["Explorer", "DEFAULT_DISCRIMINANT", "EFFICIENCIES", "MAX_LUMINOSITY",
+           "MAX_LASSO_VERTICES", "SELECTION_DIGITS"]
 
 log = logging.getLogger("sophon.app")
 
 DEFAULT_DISCRIMINANT = PRESETS["X->bb vs QCD"]
 EFFICIENCIES: tuple[float, ...] = tuple(float(e) for e in DEFAULT_EFFICIENCIES)
 _ERRORS = (DiscriminantError, QueryError, DatasetError, ValueError, KeyError, IndexError)
+
+#: The largest luminosity (fb^-1) the app accepts: 100 ab^-1, beyond any planned collider run
+#: (a dataset generated for more keeps its own as the maximum).
+MAX_LUMINOSITY = 1e5
+#: A lasso is kept (and linked) with at most this many vertices, evenly thinned from what was
+#: drawn; the selection is made from the kept ones, so a link gives the same jets.
+MAX_LASSO_VERTICES = 100
+#: Selection geometry is rounded to this many significant digits before jets are selected (the
+#: same numbers then reach the link, which selects the same jets).
+SELECTION_DIGITS = 6
+
+
+class FiniteNumber(param.Number):
+    """A number parameter that also refuses NaN and infinities (param's bounds let NaN pass)."""
+
+    def _validate_value(self, value, allow_None):
+        super()._validate_value(value, allow_None)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{self.name} must be a finite number, not {value!r}")
+
+
+def rounded(value: float) -> float:
+    """``value`` to :data:`SELECTION_DIGITS` significant digits."""
+    return float(f"{float(value):.{SELECTION_DIGITS}g}")
+
+
+def lasso_vertices(vertices) -> tuple[tuple[float, float], ...]:
+    """The finite vertices of a drawn lasso, evenly thinned to at most
+    :data:`MAX_LASSO_VERTICES` and rounded (:func:`rounded`)."""
+    points = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+    points = points[np.isfinite(points).all(axis=1)]
+    if len(points) > MAX_LASSO_VERTICES:
+        keep = np.unique(np.linspace(0, len(points) - 1, MAX_LASSO_VERTICES).round().astype(int))
+        points = points[keep]
+    return tuple((rounded(x), rounded(y)) for x, y in points)
 
 
 class Explorer(param.Parameterized):
@@ -53,8 +91,10 @@ class Explorer(param.Parameterized):
                                doc="Efficiencies count the weight of all jets or of QCD jets.")
     efficiency = param.Number(default=1e-2, bounds=(1e-4, 1.0),
                               doc="The chosen efficiency (snapped to the scan's levels).")
-    luminosity = param.Number(default=None, allow_None=True, bounds=(0, None),
-                              doc="Integrated luminosity in fb^-1 for absolute yields.")
+    luminosity = FiniteNumber(default=None, allow_None=True, bounds=(0, MAX_LUMINOSITY),
+                              inclusive_bounds=(False, True),
+                              doc="Integrated luminosity in fb^-1 for absolute yields (positive, "
+                              "finite, at most MAX_LUMINOSITY).")
     jets = param.Selector(default="all", objects=["all", "leading"],
                           doc="Jet spectra of all jets, or of each event's leading jet only.")
     show_errors = param.Boolean(default=False, doc="Draw MC statistical errors on the stack.")
@@ -66,6 +106,9 @@ class Explorer(param.Parameterized):
     selection = param.Array(default=None, allow_None=True,
                             doc="Sorted indices of the jets selected in the latent space.")
     selection_label = param.String(default="", doc="How the selection was made.")
+    selection_shape = param.Parameter(default=None, doc="What was drawn: ('box', (x0, y0, x1, "
+                                      "y1)) or ('lasso', ((x, y), ...)), rounded; None without "
+                                      "a selection.")
     jet = param.Integer(default=None, allow_None=True, doc="The jet shown in the jet detail.")
 
     # results, computed here and only read by the views
@@ -117,6 +160,30 @@ class Explorer(param.Parameterized):
         return self.dataset_luminosity is not None
 
     @property
+    def max_luminosity(self) -> float:
+        """The largest luminosity accepted (:data:`MAX_LUMINOSITY`, or the dataset's own if
+        larger)."""
+        return float(self.param.luminosity.bounds[1])
+
+    def luminosity_problem(self, value) -> str:
+        """Why ``value`` (a number, text or None) cannot be the luminosity ('' when it can)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "it is empty"
+        if isinstance(value, bool):
+            return f"{value!r} is not a number"
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return f"{str(value)[:40]!r} is not a number"
+        if not math.isfinite(number):
+            return f"{number:g} is not a finite number"
+        if number <= 0:
+            return f"{number:g} fb⁻¹ is not positive"
+        if number > self.max_luminosity:
+            return f"{number:g} fb⁻¹ is above the maximum of {self.max_luminosity:,.0f} fb⁻¹"
+        return ""
+
+    @property
     def level(self) -> int:
         """The scan level of the chosen efficiency."""
         return nearest_level(EFFICIENCIES, self.efficiency)
@@ -145,12 +212,16 @@ class Explorer(param.Parameterized):
         processes = list(dataset.process_names)
         signals = [p for p in processes if p != "QCD"] or processes
         self.param.signal.objects = signals
-        updates = {"problem": "", "selection": None, "selection_label": "", "jet": None}
+        updates = {"problem": "", "selection": None, "selection_label": "",
+                   "selection_shape": None, "jet": None}
         if self.signal not in signals:
             updates["signal"] = signals[0]
             updates["window"] = self._default_window(signals[0])
+        native = dataset.metadata.luminosity_fb
+        if native and native > self.param.luminosity.bounds[1]:
+            self.param.luminosity.bounds = (0, float(native))
         if self.luminosity is None:
-            updates["luminosity"] = dataset.metadata.luminosity_fb
+            updates["luminosity"] = native
         self.param.update(**updates)  # the significance follows the signal and window
         self._update_scans()
         self._update_significance()
@@ -229,19 +300,26 @@ class Explorer(param.Parameterized):
         return dataset.column("umap_x"), dataset.column("umap_y")
 
     def select_box(self, bounds: tuple[float, float, float, float]) -> np.ndarray:
-        """Select the jets inside ``bounds = (x0, y0, x1, y1)`` of the latent plane."""
+        """Select the jets inside ``bounds = (x0, y0, x1, y1)`` of the latent plane.
+
+        The bounds are rounded to :data:`SELECTION_DIGITS` significant digits first (what a
+        link holds)."""
+        x0, y0, x1, y1 = (rounded(b) for b in bounds)
         x, y = self.latent_coordinates()
-        indices = jet_selection.box_indices(x, y, bounds)
-        x0, y0, x1, y1 = bounds
+        indices = jet_selection.box_indices(x, y, (x0, y0, x1, y1))
         self._set_selection(indices, f"box x ∈ [{min(x0, x1):.2f}, {max(x0, x1):.2f}], "
-                                     f"y ∈ [{min(y0, y1):.2f}, {max(y0, y1):.2f}]")
+                                     f"y ∈ [{min(y0, y1):.2f}, {max(y0, y1):.2f}]",
+                            ("box", (x0, y0, x1, y1)))
         return indices
 
     def select_polygon(self, vertices: np.ndarray) -> np.ndarray:
-        """Select the jets inside the lasso polygon ``vertices`` (V, 2)."""
+        """Select the jets inside the lasso polygon ``vertices`` (V, 2), thinned to at most
+        :data:`MAX_LASSO_VERTICES` vertices and rounded first (:func:`lasso_vertices`: what a
+        link holds)."""
+        kept = lasso_vertices(vertices)
         x, y = self.latent_coordinates()
-        indices = jet_selection.polygon_indices(x, y, vertices)
-        self._set_selection(indices, f"lasso of {len(np.asarray(vertices))} points")
+        indices = jet_selection.polygon_indices(x, y, np.array(kept, dtype=np.float64))
+        self._set_selection(indices, f"lasso of {len(kept)} points", ("lasso", kept))
         return indices
 
     def select_indices(self, indices: np.ndarray, label: str = "indices") -> None:
@@ -253,10 +331,11 @@ class Explorer(param.Parameterized):
         self.param.update(selection=indices, selection_label=label)
 
     def clear_selection(self) -> None:
-        self.param.update(selection=None, selection_label="")
+        self.param.update(selection=None, selection_label="", selection_shape=None)
 
-    def _set_selection(self, indices: np.ndarray, label: str) -> None:
-        self.param.update(selection=np.asarray(indices, dtype=np.int64), selection_label=label)
+    def _set_selection(self, indices: np.ndarray, label: str, shape: tuple) -> None:
+        self.param.update(selection=np.asarray(indices, dtype=np.int64), selection_label=label,
+                          selection_shape=shape)
 
     def selection_order(self) -> np.ndarray:
         """The selected jets, most signal-like (highest D) first; cached per selection and

@@ -95,7 +95,11 @@ class SophonApp(pn.viewable.Viewer):
     def latent(self):
         from app.views.latent import LatentView  # datashader: imported when first needed
 
-        return self._view("latent", LatentView)
+        built = "latent" in self._views
+        view = self._view("latent", LatentView)
+        if not built:  # the link's colouring, and the view's in the link
+            self.url.attach_latent(view)
+        return view
 
     @property
     def jet_detail(self):

@@ -746,3 +746,98 @@ def test_select_indices_selects_exactly_those_jets(explorer):
     with pytest.raises(IndexError, match="jet indices"):
         explorer.select_indices(np.array([explorer.dataset.n_jets]))
     explorer.clear_selection()
+
+
+# --- links: every control, bounded values, bad values named (issue 14, items 5 and 8) ----------
+def test_a_link_holds_every_control_and_reproduces_the_view(synthetic_path):
+    from panel.io.location import Location
+
+    app = SophonApp(Explorer.from_path(synthetic_path))
+    location = Location()
+    app.url.sync(location)
+    explorer = app.explorer
+    explorer.param.update(reference="QCD", jets="leading", show_errors=True, log_y=False)
+    explorer.efficiency = EFFICIENCIES[5]
+    explorer.luminosity = 250.0
+    explorer.signal = explorer.param.signal.objects[-1]
+    explorer.window = (60.0, 95.0)
+    explorer.select_box((-1.234567891, -1.0, 2.0, 2.5))
+    explorer.jet = 42
+    app.tabs.active = 3
+    app.latent._color.value = "D"
+    query = dict(pn.io.location.urlparse.parse_qsl(location.search[1:]))
+    assert query["lumi"] == "250" and query["jets"] == "leading" and query["errors"] == "true"
+    assert query["window"] == "60,95" and query["color"] == "D" and query["jet"] == "42"
+    assert query["box"] == "-1.23457,-1,2,2.5"  # rounded before the jets were selected
+    other = SophonApp(Explorer.from_path(synthetic_path))
+    other.url.sync(Location(search=location.search))
+    for name in ("reference", "jets", "show_errors", "log_y", "efficiency", "luminosity",
+                 "signal", "window", "jet", "selection_shape", "discriminant"):
+        assert getattr(other.explorer, name) == getattr(explorer, name), name
+    np.testing.assert_array_equal(other.explorer.selection, explorer.selection)
+    assert other.tabs.active == 3 and other.latent.color_by == "D"
+    assert other.spectrum.summary() == app.spectrum.summary()
+    assert other.url.notice == ""
+
+
+def test_a_lasso_is_thinned_and_rounded_before_it_selects():
+    from app.explorer import MAX_LASSO_VERTICES, lasso_vertices
+
+    angles = np.linspace(0, 2 * np.pi, 350, endpoint=False)
+    drawn = np.c_[3 + 2 * np.cos(angles), 2 + 2 * np.sin(angles)]
+    kept = lasso_vertices(np.vstack([drawn, [[np.nan, 1.0]]]))
+    assert len(kept) == MAX_LASSO_VERTICES
+    assert kept[0] == (5.0, 2.0) and all(np.isfinite(kept).ravel())
+    assert all(float(f"{v:.6g}") == v for point in kept for v in point)
+
+
+def test_explorer_refuses_bad_luminosities(explorer):
+    for value in (0, -1.0, float("nan"), float("inf"), 2e5):
+        with pytest.raises(ValueError):
+            explorer.luminosity = value
+        assert explorer.luminosity_problem(value)
+    assert explorer.luminosity_problem(None) == "it is empty"
+    assert explorer.luminosity_problem("") == "it is empty"
+    assert explorer.luminosity_problem(300) == ""
+    assert explorer.luminosity == explorer.dataset_luminosity
+
+
+def test_the_luminosity_field_keeps_the_last_valid_value(explorer):
+    view = SpectrumView(explorer)
+    render(view)
+    assert not view.apply_luminosity(0)
+    assert explorer.luminosity == 100.0 and view._luminosity.value == 100.0
+    assert view._luminosity_error.visible
+    assert "0 fb⁻¹ is not positive" in view._luminosity_error.object
+    assert not view.apply_luminosity(None) and explorer.luminosity == 100.0
+    assert view.apply_luminosity(300.0) and explorer.luminosity == 300.0
+    assert not view._luminosity_error.visible
+    assert "at 300 fb⁻¹" in view._stats.object
+
+
+@pytest.mark.parametrize("search, notice", [
+    ("?lumi=0", "lumi='0' (expected a positive number of fb⁻¹ up to 100,000)"),
+    ("?lumi=nan", "lumi='nan' (expected a positive number of fb⁻¹ up to 100,000)"),
+    ("?window=80", "window='80' (expected low,high in GeV with 0 ≤ low < high ≤ 500)"),
+    ("?signal=QCD", "signal='QCD' (expected one of Higgs, W+jets, Z+jets, ttbar)"),
+    ("?box=1,2,3,inf", "box='1,2,3,inf' (expected four numbers x0,y0,x1,y1)"),
+    ("?jet=1e3", "jet='1e3' (expected a jet index from 0 to 19,999)"),
+    ("?errors=yes", "errors='yes' (expected true or false)"),
+    ("?jets=first", "jets='first' (expected one of all, leading)"),
+    ("?color=__import__('os')", "color=\"__import__('os')\" (expected one of process, truth, "
+                                "top, D)"),
+    ("?eff=", "eff='' (expected a number from 0.0001 to 1)"),
+    ("?lasso=" + ";".join(["1,1"] * 101), "lasso='" + ";".join(["1,1"] * 15) + "…' (expected "
+                                          "3 to 100 points x,y separated by ';')"),
+])
+def test_bad_link_values_are_named_and_dropped(synthetic_path, search, notice):
+    from panel.io.location import Location
+
+    app = SophonApp(Explorer.from_path(synthetic_path))
+    location = Location(search=search + "&norm=true")
+    app.url.sync(location)
+    assert app.url.notice == "Not applied from the link: " + notice
+    assert app.explorer.normalise  # the rest of the link applies
+    key, _, bad = search[1:].partition("=")
+    query = dict(pn.io.location.urlparse.parse_qsl(location.search[1:]))
+    assert query.get(key) != bad and query["norm"] == "true"  # the address shows the session

@@ -435,7 +435,7 @@ class ComposerView(ExplorerView):
         discriminant = Discriminant(name=name, numerator=terms,
                                     denominator=self.denominator.strip(), level=self.level,
                                     description=description)
-        if name in PRESETS and discriminant != PRESETS[name]:
+        if name in PRESETS and preset_name(discriminant) != name:  # an edited preset
             edited = (name + EDITED)[:MAX_TEXT_LENGTH["name"]]
             discriminant = Discriminant(name=edited, numerator=terms,
                                         denominator=discriminant.denominator, level=self.level)

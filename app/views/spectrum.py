@@ -14,11 +14,13 @@ import numpy as np
 import panel as pn
 import param
 
+from sophon.discriminant import cut_on_d
 from sophon.spectrum import EfficiencyScan
 
 from app.explorer import EFFICIENCIES, Explorer
 from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number, plot_row
-from app.views.base import ExplorerView, message, problem_message
+from app.views.base import ExplorerView, message, message_html, problem_message, text_message
+from app.views.composer import in_document_lock
 
 __all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
            "scan_summary", "LOW_STATISTICS"]
@@ -88,6 +90,15 @@ def y_label(explorer: Explorer) -> str:
     return "jets / bin"
 
 
+def achieved_html(scan: EfficiencyScan, level: int) -> str:
+    """HTML: ' (achieved 0.0102)', the efficiency the cut at ``level`` really passes (to three
+    digits, so that it differs from the requested one where the cut does); '' when unknown."""
+    achieved = float(scan.achieved_efficiencies[level])
+    if not np.isfinite(achieved):
+        return ""
+    return f" (achieved <span class='achieved-efficiency'>{achieved:.3g}</span>)"
+
+
 def scan_summary(explorer: Explorer, scan: EfficiencyScan | None, *, unit: str = "jets",
                  reference: str | None = None, event_level: bool = False) -> str:
     """HTML: the chosen efficiency, its cut, the selected count and the weighted yield."""
@@ -104,16 +115,12 @@ def scan_summary(explorer: Explorer, scan: EfficiencyScan | None, *, unit: str =
     if event_level:
         cut = f"D<sub>j1</sub> + D<sub>j2</sub> ≥ {threshold:.4g}"
     else:
-        with np.errstate(over="ignore"):
-            d_cut = 1.0 / (1.0 + np.exp(-threshold)) if np.isfinite(threshold) else float("nan")
-        cut = f"ln(g<sub>A</sub>/g<sub>B</sub>) ≥ {threshold:.3g} (D ≥ {d_cut:.4g})"
+        cut = f"ln(g<sub>A</sub>/g<sub>B</sub>) ≥ {threshold:.3g} (D ≥ {cut_on_d(threshold):.4g})"
     per_process = " · ".join(
         f"{html.escape(name)} {format_number(value * explorer.scale)}"
         for name, value in zip(scan.process_names, scan.sum_of_weights[level].sum(axis=1)))
     effective = scan.effective_jets(level)
-    achieved = float(scan.achieved_efficiencies[level])
-    achieved_text = (f" (achieved <span class='achieved-efficiency'>"
-                     f"{achieved:.2g}</span>)" if np.isfinite(achieved) else "")
+    achieved_text = achieved_html(scan, level)
     warning = ""
     if count and effective < LOW_STATISTICS:
         warning = (f"<div class='low-statistics-warning' style='color:#a94400'>⚠ Few simulated "
@@ -233,13 +240,19 @@ class ScanView(ExplorerView):
     def summary(self) -> str:
         explorer = self.explorer
         text = scan_summary(explorer, explorer.scan)
-        if explorer.selection is not None and explorer.selection_scan is not None:
-            level = explorer.level
+        if explorer.selection is not None and explorer.selection_scan is not None \
+                and explorer.scan is not None:
+            level = min(explorer.level, explorer.scan.n_levels - 1)
             selected = explorer.selection_scan
+            # the selection is cut with the whole dataset's thresholds: its efficiency is theirs
             text += (f"<div class='selection-summary'>Latent selection "
                      f"({html.escape(explorer.selection_label)}): "
                      f"<b><span class='selection-count'>{len(explorer.selection):,}</span></b> "
-                     f"jets; passing the cut: <b>{selected.selected_jets(level):,}</b> "
+                     f"jets; passing the cut at <span class='selection-efficiency'>ε = "
+                     f"{efficiency_label(explorer.scan.efficiencies[level])}"
+                     f"{achieved_html(explorer.scan, level)}</span>: "
+                     f"<b><span class='selection-passing'>{selected.selected_jets(level):,}"
+                     f"</span></b> "
                      f"(yield {format_number(selected.selected_yield(level) * explorer.scale)})"
                      "</div>")
         return text
@@ -273,23 +286,58 @@ class SpectrumView(ScanView):
         self._reference = ToggleGroup.from_param(
             explorer.param.reference, name="",
             options={"ε over all jets": "all", "ε over QCD jets": "QCD"})
-        self._luminosity = pn.widgets.FloatInput.from_param(
-            explorer.param.luminosity, name="Luminosity (fb⁻¹)", start=0, step=10, width=130,
-            disabled=not explorer.weighted)
+        # not bound to the parameter: a typed value is checked first (luminosity_problem), and
+        # a refused one gives a message and the field shows the last valid one again
+        self._luminosity = pn.widgets.FloatInput(
+            label="Luminosity (fb⁻¹)", value=explorer.luminosity, step=10, width=130,
+            disabled=not explorer.weighted, css_classes=["luminosity"])
+        self._luminosity_error = text_message("", "danger", visible=False,
+                                              css_classes=["luminosity-error"])
+        self._luminosity.param.watch(self._on_luminosity_input, "value")
+        explorer.param.watch(self._show_luminosity, "luminosity")
         self._format = ToggleGroup.from_param(self.param.export_format, name="",
                                               options=["PNG", "SVG"])
         self._jets = ToggleGroup.from_param(
             explorer.param.jets, name="", options={"all jets": "all", "leading jet": "leading"},
             disabled=not (explorer.ready and explorer.dataset.has("jet_rank")))
         self._errors = pn.widgets.Checkbox.from_param(explorer.param.show_errors,
-                                                      name="MC errors")
+                                                      name="MC errors", css_classes=["mc-errors"])
+
+    def _on_luminosity_input(self, event) -> None:
+        value = event.new
+        in_document_lock(lambda: self.apply_luminosity(value))
+
+    def apply_luminosity(self, value) -> bool:
+        """Make ``value`` (as typed: a number, or None for an empty field) the luminosity, or say
+        why it is refused and show the last valid one again."""
+        explorer = self.explorer
+        if value is not None and explorer.luminosity is not None and \
+                value == explorer.luminosity:
+            return True  # the field shows the luminosity (again)
+        problem = explorer.luminosity_problem(value)
+        if problem:
+            kept = ("" if explorer.luminosity is None else
+                    f"; it stays {explorer.luminosity:g} fb⁻¹")
+            self._luminosity_error.object = message_html(
+                f"Luminosity not applied: {problem} (expected a positive number of fb⁻¹ up to "
+                f"{explorer.max_luminosity:,.0f}){kept}.", "luminosity-error-text")
+            self._luminosity_error.visible = True
+            self._luminosity.value = explorer.luminosity
+            return False
+        self._luminosity_error.visible = False
+        explorer.luminosity = float(value)
+        return True
+
+    def _show_luminosity(self, event) -> None:
+        if self._luminosity.value != event.new:
+            self._luminosity.value = event.new
 
     def controls(self):
-        return pn.FlexBox(  # wraps on a narrow screen
+        return pn.Column(pn.FlexBox(  # wraps on a narrow screen
             pn.Column(self._slider, self._player, width=330),
             pn.Column(pn.Row(self._mode, self._yscale), self._reference),
             pn.Column(self._jets, self._errors),
             self._luminosity,
             pn.Column(pn.pane.HTML("<small>save tool writes</small>", margin=(0, 5)),
                       self._format),
-            sizing_mode="stretch_width")
+            sizing_mode="stretch_width"), self._luminosity_error, sizing_mode="stretch_width")
