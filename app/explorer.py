@@ -352,3 +352,28 @@ class Explorer(param.Parameterized):
     # --- numbers for the page -------------------------------------------------------------
     def selected_yield(self) -> float:
         return 0.0 if self.scan is None else self.scan.selected_yield(self.level) * self.scale
+
+    # --- the significance's default signal (issue 14.12) ----------------------------------
+    @param.depends("analysis", watch=True, on_init=True)
+    def target_signal(self) -> str | None:
+        """The signal becomes the process the discriminant targets, read from the data
+        (:meth:`DatasetAnalysis.target_process`: the most significant one in its own mass window
+        at a tight cut), for each new dataset and each new discriminant; returns it (None when
+        there is none). A discriminant's watcher runs this after every other one (precedence),
+        so the page has shown the new discriminant first, and a link's signal, applied after
+        its discriminant, stays."""
+        if not getattr(self, "_follows_discriminant", False):
+            self._follows_discriminant = True
+            self.param.watch(lambda event: self.target_signal(), ["discriminant"],
+                             precedence=100)
+        if self.analysis is None:
+            return None
+        analysis, discriminant = self.analysis, self.discriminant
+        try:
+            target = cached_result(analysis, ("target_process", discriminant),
+                                   lambda: analysis.target_process(discriminant))
+        except _ERRORS:
+            return None
+        if target is not None and target in self.param.signal.objects and target != self.signal:
+            self.signal = target  # its window follows (_on_signal)
+        return target

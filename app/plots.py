@@ -9,6 +9,13 @@ tool in each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``.
 
 The legends beside the plots are made by :func:`side_legend`, which sizes their swatches for the
 SVG backend too (see there): without it, SVG mode squashes a plot to a sliver.
+
+What a physicist reads at a glance: y tick labels as ``0.01``, ``250``, ``12,000``, ``2.5×10⁷``
+or ``10⁻³`` (:data:`READABLE_TICKS`, never ``2.500e+7``); a per-bin y label states the bin width
+(``events / 5 GeV``, :func:`bin_width_label`); the log stack starts at :attr:`StackPlot.floor_ratio`
+(1e-3) of its highest bin, so an empty bin is not a wall down to 1e-10 and a process a million
+times smaller than QCD does not reach QCD's height; the stack's dotted lines are named in its
+legend as the significance window.
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import panel as pn
-from bokeh.models import (BasicTicker, BasicTickFormatter, ColumnDataSource, HoverTool, Legend,
-                          LegendItem, LinearScale, LogScale, LogTicker, LogTickFormatter,
-                          Span)
+from bokeh.models import (BasicTicker, ColumnDataSource, CustomJSTickFormatter, HoverTool,
+                          Legend, LegendItem, LinearScale, LogScale, LogTicker, Span)
+from bokeh.core.properties import value
 from bokeh.palettes import Category10_10, Plasma256
 from bokeh.plotting import figure
 
@@ -30,6 +37,8 @@ __all__ = [
     "category_colors",
     "steps",
     "format_number",
+    "bin_width_label",
+    "readable_ticks",
     "new_figure",
     "MIN_PLOT_WIDTH",
     "plot_row",
@@ -101,6 +110,40 @@ def format_number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def bin_width_label(label: str, edges: np.ndarray, unit: str = "GeV") -> str:
+    """``label`` with "bin" in "... / bin ..." replaced by the bin width of ``edges`` when the
+    bins are equal: ``events / bin (138 fb⁻¹)`` -> ``events / 5 GeV (138 fb⁻¹)``. Unequal bins,
+    or a label without "/ bin", are left as they are."""
+    widths = np.diff(np.asarray(edges, dtype=np.float64))
+    if "/ bin" not in label or widths.size == 0 or not np.allclose(widths, widths[0]):
+        return label
+    return label.replace("/ bin", f"/ {float(widths[0]):g} {unit}".rstrip(), 1)
+
+
+#: JavaScript for tick labels: 0, 0.01, 250, 12,000, then 2.5×10⁷; on a log axis (``log``)
+#: the powers of ten as 1, 10, 10², 10⁻³.
+_READABLE_TICKS_JS = """
+const superscript = (n) => String(n).replace(/[-0-9]/g, (c) => "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"["-0123456789".indexOf(c)]);
+if (tick === 0) { return "0"; }
+const size = Math.abs(tick);
+let exponent = Math.floor(Math.log10(size) + 1e-9);
+let mantissa = Number((tick / Math.pow(10, exponent)).toPrecision(3));
+if (Math.abs(mantissa) >= 10) { mantissa /= 10; exponent += 1; }
+const power = exponent === 0 ? "1" : (exponent === 1 ? "10" : "10" + superscript(exponent));
+if (log && Math.abs(mantissa) === 1) { return (mantissa < 0 ? "−" : "") + power; }
+if (size >= 1e5 || size < 1e-3) {
+  return mantissa === 1 ? power : (mantissa === -1 ? "−" + power : mantissa + "×" + power);
+}
+return tick.toLocaleString("en-US", {maximumSignificantDigits: 4});
+"""
+
+
+def readable_ticks(log: bool = False) -> CustomJSTickFormatter:
+    """A tick formatter for counts and yields: ``0.01``, ``250``, ``12,000``, ``2.5×10⁷``
+    (never ``2.500e+7``); with ``log``, powers of ten as ``1``, ``10``, ``10²``, ``10⁻³``."""
+    return CustomJSTickFormatter(code=_READABLE_TICKS_JS, args={"log": bool(log)})
+
+
 #: The narrowest a plot in a :func:`plot_row` gets (its legend included) before the row wraps.
 MIN_PLOT_WIDTH = 400
 
@@ -123,6 +166,8 @@ def new_figure(*, title: str, xlabel: str, ylabel: str, log_y: bool = False,
                  x_axis_type="log" if log_x else "linear", tools=tools, toolbar_location="above",
                  min_border_right=10)
     fig.title.text_font_size = "11pt"
+    for axis in fig.yaxis:
+        axis.formatter = readable_ticks(log_y)
     set_export_format(fig, export_format)
     return fig
 
@@ -154,7 +199,7 @@ def set_log_y(fig: figure, log_y: bool) -> None:
     fig.y_scale = LogScale() if log_y else LinearScale()
     for axis in fig.yaxis:
         axis.ticker = LogTicker() if log_y else BasicTicker()
-        axis.formatter = LogTickFormatter() if log_y else BasicTickFormatter(power_limit_high=6)
+        axis.formatter = readable_ticks(log_y)
     for grid in fig.ygrid:
         grid.ticker = fig.yaxis[0].ticker
 
@@ -170,8 +215,9 @@ class CurvesPlot:
 
     def __init__(self, labels: Sequence[str], *, title: str, xlabel: str, ylabel: str,
                  log_y: bool, export_format: str = "PNG", height: int = 330,
-                 overlay_label: str | None = "latent selection"):
+                 overlay_label: str | None = "latent selection", x_unit: str = "GeV"):
         self.log_y = log_y
+        self.x_unit = x_unit
         self.labels = list(labels)
         self.colors = efficiency_colors(len(self.labels))
         self.figure = new_figure(title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y,
@@ -219,19 +265,31 @@ class CurvesPlot:
             x, y = steps(edges, overlay)
             self.overlay.data = {"x": x, "y": _for_log(y, self.log_y)}
         if ylabel is not None:
-            self.figure.yaxis.axis_label = ylabel
+            self.figure.yaxis.axis_label = bin_width_label(ylabel, edges, self.x_unit)
 
     def set_export_format(self, export_format: str) -> None:
         set_export_format(self.figure, export_format)
 
 
 class StackPlot:
-    """Per-category stacked step areas (the first category at the bottom) and a shaded window."""
+    """Per-category stacked step areas (the first category at the bottom) and the significance
+    window as two dotted lines, named in the legend.
+
+    On a log axis the plot starts at ``floor_ratio`` of its highest bin (set it for another
+    depth): what lies below is not drawn, so an empty bin is not a wall and a process a million
+    times smaller than the total stays at the bottom."""
+
+    #: On a log axis, the y range starts at this fraction of the highest bin's total.
+    floor_ratio = 1e-3
 
     def __init__(self, names: Sequence[str], *, title: str, xlabel: str, ylabel: str,
-                 log_y: bool, export_format: str = "PNG", height: int = 330):
+                 log_y: bool, export_format: str = "PNG", height: int = 330,
+                 x_unit: str = "GeV", floor_ratio: float | None = None):
         self.names = list(names)
         self.log_y = log_y
+        self.x_unit = x_unit
+        if floor_ratio is not None:
+            self.floor_ratio = float(floor_ratio)
         colors = process_colors(self.names)
         self.order = sorted(range(len(self.names)), key=lambda i: (self.names[i] != "QCD", i))
         self.figure = new_figure(title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y,
@@ -253,6 +311,12 @@ class StackPlot:
                                             hatch_pattern="/", hatch_color="#222222",
                                             hatch_alpha=0.6, visible=False)
         items.insert(0, LegendItem(label="MC stat. error", renderers=[self.error_band]))
+        # the window's legend entry: a dotted line without data, shown with the window
+        self.window_key = self.figure.line([], [], line_color="#555555", line_dash="dotted",
+                                           line_width=1.5, visible=False)
+        self.window_item = LegendItem(label=value("significance window"),
+                                      renderers=[self.window_key])
+        items.append(self.window_item)
         self.figure.add_layout(side_legend(items, label_text_font_size="8pt", spacing=0,
                                            padding=4), "right")
         self.window_low = Span(location=0, dimension="height", line_color="#555555",
@@ -273,8 +337,8 @@ class StackPlot:
         """``stack`` (categories, bins) in the order of ``names``; ``errors`` (bins,) the
         standard deviation of the total, drawn as a band around it (None: no band)."""
         stack = np.asarray(stack, dtype=np.float64)
-        positive = stack[stack > 0]
-        floor = positive.min() / 10 if (self.log_y and positive.size) else 0.0
+        top = float(stack.sum(axis=0).max(initial=0.0))
+        floor = top * self.floor_ratio if (self.log_y and top > 0) else 0.0
         cumulative = np.zeros(stack.shape[1])
         data = {}
         x = steps(edges, cumulative)[0]
@@ -296,11 +360,20 @@ class StackPlot:
             if self.log_y:
                 lower = np.maximum(lower, floor) if floor > 0 else _for_log(lower, True)
             self.error_source.data = {"x": x, "lower": lower, "upper": upper}
+        if top > 0:  # the range: from the floor (log) or 0 to above the highest bin
+            y_range = self.figure.y_range
+            if self.log_y:
+                y_range.update(start=floor, end=top * 2.5)
+            else:
+                y_range.update(start=0.0, end=top * 1.05)
         if window is not None:
-            self.window_low.update(location=float(window[0]), visible=True)
-            self.window_high.update(location=float(window[1]), visible=True)
+            low, high = float(window[0]), float(window[1])
+            self.window_low.update(location=low, visible=True)
+            self.window_high.update(location=high, visible=True)
+            self.window_item.label = value(f"significance window {low:g}–{high:g} {self.x_unit}")
+        self.window_key.visible = window is not None
         if ylabel is not None:
-            self.figure.yaxis.axis_label = ylabel
+            self.figure.yaxis.axis_label = bin_width_label(ylabel, edges, self.x_unit)
 
     def set_export_format(self, export_format: str) -> None:
         set_export_format(self.figure, export_format)

@@ -48,6 +48,7 @@ __all__ = [
     "load_analysis",
     "loaded_paths",
     "cached_analysis",
+    "release_analysis",
     "shared",
     "warm_up",
     "clear_cache",
@@ -236,3 +237,19 @@ def loaded_paths() -> set[Path]:
 def cached_analysis(path: str | os.PathLike) -> DatasetAnalysis | None:
     """The analysis of ``path`` if it is already loaded (never waits, never loads)."""
     return _ANALYSES.get(_key(path))
+
+
+def release_analysis(path: str | os.PathLike) -> bool:
+    """Forget the loaded dataset at ``path`` and everything derived from it (shared objects,
+    cached results), so that its memory is freed once no session holds it; whether it was
+    loaded. Rescoring calls it when a session's rescored dataset is replaced."""
+    key = _key(path)
+    analysis = _ANALYSES.pop(key)
+    _LOAD_SECONDS.pop(key, None)
+    if analysis is None:
+        return False
+    for cache in (_SHARED, _RESULTS):
+        for entry, _ in cache.items():
+            if entry[0] == id(analysis):
+                cache.pop(entry)
+    return True

@@ -24,7 +24,8 @@ from sophon.labels import LABELS
 from sophon.labels import mask as class_mask
 from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, EfficiencyScan,
                              DIJET_MASS_LABEL, MassBinning, SignificanceCurve, densest_window,
-                             significance_scan)
+                             significance_scan, thresholds_for_efficiencies)
+from sophon.stats import asimov_significance
 from sophon.store import JetDataset
 
 __all__ = ["DatasetAnalysis", "EventTable", "BuildOnceCache", "DIJET_MASS_BINNING",
@@ -91,6 +92,11 @@ class BuildOnceCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._values)
+
+    def pop(self, key, default=None):
+        """Remove ``key``'s value and return it (``default`` when there is none)."""
+        with self._lock:
+            return self._values.pop(key, default)
 
     def items(self) -> list:
         """A snapshot of the entries."""
@@ -173,6 +179,43 @@ class DatasetAnalysis:
         members = dataset.process_codes == names.index(process)
         return densest_window(dataset.column("jet_sdmass")[members], dataset.weights[members],
                               self.binning, fraction)
+
+    def target_process(self, discriminant: Discriminant, efficiency: float = 1e-3,
+                       candidates: Sequence[str] | None = None) -> str | None:
+        """The process ``discriminant`` selects: the one it finds most significantly.
+
+        Cut ``discriminant`` where the jets above it carry the fraction ``efficiency`` of the
+        weight of all jets; for each candidate process p (default: every process but QCD) count,
+        among the passing jets in p's own mass window (:meth:`signal_window`), p's weight s and
+        the weight b of every other process, and take the p with the largest Asimov
+        Z(s, b) (ties: the larger s). That is the signal of a significance in a mass window
+        this tagger was built for: W+jets for X->cs, Z+jets or Higgs for X->bb, ttbar for
+        X->bqq, read from the data rather than from the discriminant's name. None when no
+        candidate has a passing jet in its window.
+        """
+        dataset = self.dataset
+        names = list(dataset.process_names)
+        if candidates is None:
+            candidates = [name for name in names if name != "QCD"] or names
+        unknown = [name for name in candidates if name not in names]
+        if unknown:
+            raise ValueError(f"unknown processes {unknown}; processes are {names}")
+        values, weights = self.log_odds(discriminant), dataset.weights
+        threshold = thresholds_for_efficiencies(values, weights, [efficiency])[0]
+        passing = values >= threshold
+        codes, mass = dataset.process_codes[passing], dataset.column("jet_sdmass")[passing]
+        passing_weights = weights[passing]
+        best, best_key = None, (0.0, 0.0)
+        for name in candidates:
+            low, high = self.signal_window(name)
+            in_window = (mass >= low) & (mass < high)
+            is_process = codes == names.index(name)
+            s = float(passing_weights[in_window & is_process].sum())
+            b = float(passing_weights[in_window & ~is_process].sum())
+            key = (float(asimov_significance(s, b)), s)
+            if s > 0 and key > best_key:
+                best, best_key = name, key
+        return best
 
     @property
     def has_events(self) -> bool:

@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sophon.features import REQUIRED_COLUMNS, MissingColumnError, RaggedInputs, ragged_inputs
+from sophon.features import (PARTICLE_COLUMNS, REQUIRED_COLUMNS, MissingColumnError,
+                             RaggedInputs, ragged_inputs)
 # The scorer family lives in sophon.scorers; these names stay importable from here too
 # (sophon.training and the benchmarks import resolve_device, resolve_precision, cpu_has_bf16).
 from sophon.scorers import (OnnxScorer, Scorer, TorchScorer, cpu_has_bf16,  # noqa: F401
@@ -57,6 +58,7 @@ __all__ = [
     "score_table",
     "score_files",
     "rescore_dataset",
+    "constituent_counts",
     "part_path",
     "register_cli",
 ]
@@ -338,6 +340,26 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 
 # ---------------------------------------------------------------------------------------------------
 # Rescoring a dataset
+
+
+def constituent_counts(dataset: JetDataset, chunk_jets: int = 65_536) -> np.ndarray | None:
+    """(N,) int32: how many constituents each jet of ``dataset`` stores (0 for a jet stored
+    without any, and for a null list), or None when the dataset stores no constituent columns.
+
+    These are the jets :func:`rescore_dataset` rescores (the count of one particle column, as
+    the model inputs count them); only that column's lists are read, ``chunk_jets`` at a time.
+    """
+    column = PARTICLE_COLUMNS[0]
+    if not dataset.has(column):
+        return None
+    counts = np.zeros(dataset.n_jets, dtype=np.int32)
+    offset = 0
+    for file in dataset.files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_jets, columns=[column]):
+            lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0)
+            counts[offset:offset + batch.num_rows] = lengths.to_numpy(zero_copy_only=False)
+            offset += batch.num_rows
+    return counts
 
 
 def rescore_dataset(dataset: JetDataset, output: str | os.PathLike, scorer: Scorer, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 import panel as pn
@@ -11,7 +12,24 @@ import param
 from app.explorer import Explorer
 from app.state import data_path
 
-__all__ = ["ExplorerView", "message", "text_message", "message_html", "problem_message"]
+__all__ = ["ExplorerView", "in_document_lock", "message", "text_message", "message_html",
+           "problem_message"]
+
+
+def in_document_lock(action: Callable[[], None]) -> None:
+    """Run ``action`` where Bokeh holds the session's document lock: on a served page at the
+    server's next tick (``pn.state.execute(action, schedule=True)``, a next-tick callback that
+    Bokeh runs with the lock held), elsewhere (a notebook, tests) now.
+
+    Panel handles a widget event (Enter in a text field, a button click, a stream event from a
+    plot) that arrives while a change of the same session is still pending in a coroutine that
+    runs WITHOUT the document lock, and the pending change's watchers run there too. Panel's own
+    models cope, but a Bokeh model changed directly in such a watcher (the figures' data
+    sources) makes Bokeh raise ``RuntimeError: _pending_writes should be non-None when we have a
+    document lock`` half way through the watchers, leaving the page's parts apart. So every
+    handler that changes the session, or writes Bokeh models, is run from here.
+    """
+    pn.state.execute(action, schedule=True)
 
 
 class ExplorerView(pn.viewable.Viewer):

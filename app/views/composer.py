@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import io
 import re
-from collections.abc import Callable
 
 import panel as pn
 import param
@@ -27,7 +26,7 @@ from sophon.discriminant import (MAX_DEFINITION_CHARACTERS, MAX_TEXT_LENGTH, PRE
 from sophon.labels import (GROUPS, LABELS, MAX_QUERY_LENGTH, REWEIGHT_GROUPS, QueryError,
                            select)
 
-from app.views.base import ExplorerView, message_html, text_message
+from app.views.base import ExplorerView, in_document_lock, message_html, text_message
 
 __all__ = ["ComposerView", "TermEditor", "picker_query", "in_document_lock", "CONTENT_FILTERS",
            "GROUP_OPTIONS"]
@@ -78,22 +77,6 @@ def validate_query(query: str) -> tuple[bool, str]:
     if not classes:
         return False, "selects no class"
     return True, _describe(classes)
-
-
-def in_document_lock(action: Callable[[], None]) -> None:
-    """Run ``action`` where Bokeh holds the session's document lock: on a served page at the
-    server's next tick (``pn.state.execute(action, schedule=True)``, a next-tick callback that
-    Bokeh runs with the lock held), elsewhere (a notebook, tests) now.
-
-    Panel handles a widget event (Enter in a text field, a button click) that arrives while a
-    change of the same session is still pending in a coroutine that runs WITHOUT the document
-    lock, and the pending change's watchers run there too. Panel's own models cope, but a Bokeh
-    model changed directly in such a watcher (the figures' data sources) makes Bokeh raise
-    ``RuntimeError: _pending_writes should be non-None when we have a document lock`` half way
-    through the watchers: the plots showed the new discriminant, the formula, the preset and
-    the URL the old one. So every change of the form is applied from here.
-    """
-    pn.state.execute(action, schedule=True)
 
 
 def text_field(parameter: param.Parameter, **params) -> pn.widgets.TextInput:

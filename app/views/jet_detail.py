@@ -1,5 +1,9 @@
 """One jet: its top-5 classes and, where the dataset stores constituents, its particles as a point
-cloud in (Δη, Δφ) — marker and colour by particle type, size by pT."""
+cloud in (Δη, Δφ) — marker and colour by particle type, size by pT.
+
+Many datasets store constituents for some jets only (the embedded default: 2,000 of 67,130):
+:func:`stored_constituents` counts them per jet once per dataset, the jet summary and the
+latent view's table say which jets carry them."""
 
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import polars as pl
 from sophon.labels import LABELS
 
 from app.plots import format_number
-from app.views.base import ExplorerView, problem_message
+from app.state import shared
+from app.views.base import ExplorerView, in_document_lock, problem_message
 
-__all__ = ["JetDetailView", "read_constituents", "PARTICLE_TYPES", "particle_types"]
+__all__ = ["JetDetailView", "read_constituents", "PARTICLE_TYPES", "particle_types",
+           "stored_constituents"]
 
 # Particle type -> (flag column, marker, colour)
 PARTICLE_TYPES: dict[str, tuple[str, str, str]] = {
@@ -29,6 +35,15 @@ PARTICLE_TYPES: dict[str, tuple[str, str, str]] = {
 }
 _POSITION = ("part_deta", "part_dphi")
 _MOMENTUM = ("part_px", "part_py")
+
+
+def stored_constituents(analysis) -> np.ndarray | None:
+    """(N,) how many constituents each jet of ``analysis``'s dataset stores (0: none), or None
+    when it stores no constituent columns; read once per dataset and process
+    (:func:`sophon.scoring.constituent_counts`)."""
+    from sophon.scoring import constituent_counts
+
+    return shared(analysis, "constituent_counts", lambda: constituent_counts(analysis.dataset))
 
 
 def read_constituents(dataset, row: int) -> pl.DataFrame | None:
@@ -73,8 +88,13 @@ class JetDetailView(ExplorerView):
         self.refresh()
 
     def _on_index(self, event) -> None:
-        if event.new != self.explorer.jet:
-            self.explorer.jet = event.new
+        jet = event.new
+
+        def choose() -> None:
+            if jet != self.explorer.jet:
+                self.explorer.jet = jet
+
+        in_document_lock(choose)
 
     def refresh(self, *events) -> None:
         explorer = self.explorer
@@ -102,6 +122,12 @@ class JetDetailView(ExplorerView):
                 text = (html.escape(str(value)) if column == "process"
                         else format_number(float(value)))
                 facts.append(f"{label} {text}{unit}")
+        counts = stored_constituents(analysis)
+        if counts is not None:
+            stored = int(counts[row])
+            facts.append(f"<span class='jet-constituents'>{stored} constituents stored</span>"
+                         if stored else "<span class='jet-constituents'>no constituents "
+                         "stored</span>")
         if dataset.has("jet_label"):
             label = int(dataset.column("jet_label")[row])
             if 0 <= label < len(LABELS):
@@ -128,7 +154,11 @@ class JetDetailView(ExplorerView):
             return
         if particles.height == 0:
             self._particles.object = None
-            self._note.object = f"<i>Jet {row} carries no constituents.</i>"
+            counts = stored_constituents(self.explorer.analysis)
+            carrying = 0 if counts is None else int(np.count_nonzero(counts))
+            self._note.object = (f"<i>Jet {row} carries no constituents: this dataset stores them "
+                                 f"for {carrying:,} of its {self.explorer.dataset.n_jets:,} jets (the "
+                                 "table of selected jets marks them).</i>")
             return
         if "part_pt" in particles.columns:
             pt = particles["part_pt"].to_numpy().astype(float)

@@ -6,7 +6,16 @@ report only their geometry (HoloViews ``BoundsXY`` and ``Lasso`` streams, read r
 selections on datashaded plots are unreliable); the jets inside are found by
 :mod:`app.selection` on the raw coordinates. The selection's spectrum is overlaid on the spectrum
 view, and the selected jets are listed below the plot a page at a time (most signal-like first)
-with their top-5 classes, ready to download as CSV or Parquet.
+with their top-5 classes and whether they carry constituents, ready to download as CSV or
+Parquet.
+
+Hovering names the category of the jet under the cursor in the browser itself: next to the
+datashaded image (one sample jet per pixel, ``selector=ds.first()``) goes an invisible image of
+that jet's category code, whose hover maps the code to its name and shows nothing over an empty
+pixel (HoloViews' own selector hover asks the server for each position and shows
+``undefined``, or the previous pixel's category, until it answers). The live selection is drawn
+by the view (a dashed outline from the explorer's selection), not left to the select tools'
+overlays: it goes with "Clear selection" and stays when the colouring changes.
 """
 
 from __future__ import annotations
@@ -24,15 +33,16 @@ import pandas as pd
 import panel as pn
 import param
 import polars as pl
-from bokeh.models import BoxSelectTool, LassoSelectTool
+from bokeh.models import BoxSelectTool, CustomJS, CustomJSHover, HoverTool, LassoSelectTool
 
 from sophon.analysis import DatasetAnalysis, selection_frame
 from sophon.discriminant import Discriminant
 from sophon.labels import LABELS, N_CLASSES, TRUTH_GROUP_OF_CLASS, TRUTH_GROUPS
 
-from app.plots import category_colors
+from app.plots import SELECTION_COLOR, category_colors
 from app.state import shared
-from app.views.base import ExplorerView, message, problem_message
+from app.views.base import ExplorerView, in_document_lock, message, problem_message
+from app.views.jet_detail import stored_constituents
 
 __all__ = ["LatentView", "LatentData", "SelectionTable", "latent_data", "jet_table",
            "COLOR_OPTIONS"]
@@ -124,26 +134,86 @@ def _shade(points, kind: str, data: LatentData, dynamic: bool = True, hover: boo
     return hd.dynspread(shaded, threshold=0.5, max_px=3, dynamic=dynamic)
 
 
+def _category_codes(shaded: hv.RGB, kind: str, data: LatentData) -> hv.Image:
+    """The category code of the sample jet of each pixel of the datashaded ``shaded`` (its
+    ``__index__`` selector column), as an image on the same grid; an empty pixel takes a drawn
+    neighbour's code, NaN where there is none."""
+    frame, _ = data.categorical(kind)
+    grid = shaded.data
+    index = np.asarray(grid["__index__"].values)
+    codes = np.asarray(frame[kind].cat.codes.values)
+    values = np.where(index >= 0, codes[np.clip(index, 0, None)], -1).astype(np.float32)
+    values[values < 0] = np.nan
+    # an empty pixel next to a drawn one names that one: a point is a pixel or two wide, and the
+    # cursor (or the screen's rounding) is often one off
+    padded = np.pad(values, 1, constant_values=np.nan)
+    for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1)):
+        neighbour = padded[1 + dy:1 + dy + values.shape[0], 1 + dx:1 + dx + values.shape[1]]
+        empty = np.isnan(values)
+        values[empty] = neighbour[empty]
+    return hv.Image((grid["x"].values, grid["y"].values, values), ["x", "y"], [f"{kind}_code"])
+
+
+def _category_hover(label: str, names: list[str]) -> HoverTool:
+    """A hover tool over the code image: the category's name, nothing over an empty pixel."""
+    name = CustomJSHover(args={"names": names}, code=(
+        "const code = Math.round(value); "
+        "return (code >= 0 && code < names.length) ? names[code] : '';"))
+    keep = CustomJS(code="export default (args, tool, {value}) => "
+                         "Number.isFinite(value) && value >= 0")
+    return HoverTool(tooltips=[(label, "@image{name}")], formatters={"@image": name},
+                     filters={"@image": keep}, description="hover names the category")
+
+
+def selection_outline(shape) -> hv.Path:
+    """The outline of a latent selection ``shape``: ``("box", (x0, y0, x1, y1))`` or
+    ``("lasso", ((x, y), ...))``; an empty path for None."""
+    if shape is None:
+        return hv.Path([])
+    kind, geometry = shape
+    if kind == "box":
+        x0, y0, x1, y1 = (float(v) for v in geometry)
+        vertices = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+    else:
+        vertices = [tuple(map(float, v)) for v in geometry]
+        vertices.append(vertices[0])
+    return hv.Path([vertices])
+
+
+_OUTLINE_STYLE = dict(color=SELECTION_COLOR, line_width=2.0, line_dash="dashed")
+
+
 def latent_plot(data: LatentData, kind: str, points=None, *, height: int = 480,
-                hover: bool = True):
+                hover: bool = True, outline=None, streams=()):
     """The datashaded latent plot coloured by ``kind`` (every jet drawn, no point cap), with
-    persistent box and lasso selection tools. ``points``: the D-coloured points (a DynamicMap
-    following the discriminant) when ``kind == "D"``."""
-    tools = [BoxSelectTool(persistent=True), LassoSelectTool(persistent=True)]
+    box and lasso selection tools. ``points``: the D-coloured points (a DynamicMap following the
+    discriminant) when ``kind == "D"``; ``outline``: a DynamicMap of the selection's outline
+    (:func:`selection_outline`) drawn on top; ``streams``: the selection streams (BoundsXY,
+    Lasso), linked to the datashaded layer (HoloViews links none to an overlay of layers)."""
+    # the tools' own overlays go when a gesture ends: the view draws the selection (outline)
+    tools = [BoxSelectTool(persistent=False), LassoSelectTool(persistent=False)]
     common = dict(responsive=True, min_height=height, xlabel="UMAP x", ylabel="UMAP y",
                   active_tools=["box_select", "wheel_zoom"],
                   title="Latent space (UMAP of the 128-d latent)", toolbar="above",
                   xlim=data.x_range, ylim=data.y_range)
     if kind == "D":
-        return _shade(points, kind, data).opts(
+        plot = _shade(points, kind, data).opts(
             cmap="viridis", colorbar=True, clim=(0, 1), clabel="mean D", tools=["hover", *tools],
             hover_tooltips=[("mean D", "@image{0.000}")], **common)
-    frame, _ = data.categorical(kind)
+        for stream in streams:
+            stream.source = plot
+        return plot if outline is None else (plot * outline.opts(**_OUTLINE_STYLE))
+    frame, names = data.categorical(kind)
     label = {value: name for name, value in COLOR_OPTIONS.items()}[kind]
-    hover_opts = (dict(tools=["hover", *tools], hover_tooltips=[(label, kind)],
-                       selector_in_hovertool=False) if hover else dict(tools=tools))
-    return _shade(hv.Points(frame, ["x", "y"], [kind]), kind, data, hover=hover).opts(
-        show_legend=True, legend_position="right", **hover_opts, **common)
+    plot = _shade(hv.Points(frame, ["x", "y"], [kind]), kind, data, hover=hover).opts(
+        show_legend=True, legend_position="right", tools=tools, **common)
+    for stream in streams:
+        stream.source = plot
+    if hover:
+        codes = plot.apply(_category_codes, kind=kind, data=data).opts(
+            alpha=0, colorbar=False, cmap="gray", tools=[_category_hover(label, names)])
+        plot = plot * codes
+    return plot if outline is None else (plot * outline.opts(**_OUTLINE_STYLE))
 
 
 # --- the selected jets ------------------------------------------------------------------------
@@ -152,10 +222,16 @@ _TABLE_COLUMNS = {"process": "process", "jet_sdmass": "mSD", "jet_pt": "pT", "je
 
 def jet_table(analysis: DatasetAnalysis, rows: np.ndarray, discriminant: Discriminant,
               k: int = 5) -> pd.DataFrame:
-    """One display row per jet: index, process, mSD, pT, η, D and the top-``k`` classes."""
+    """One display row per jet: index, whether it carries constituents (``✓ 37``: 37 stored;
+    ``—``: none; only where the dataset stores constituents), process, mSD, pT, η, D and the
+    top-``k`` classes."""
     rows = np.asarray(rows, dtype=np.int64)
     dataset = analysis.dataset
     data: dict[str, object] = {"jet": rows}
+    counts = stored_constituents(analysis)
+    if counts is not None:
+        data["constituents"] = pd.Series([f"✓ {n}" if n else "—" for n in counts[rows]],
+                                         dtype=object)
     for column, title in _TABLE_COLUMNS.items():
         if dataset.has(column):
             values = dataset.column(column)[rows]
@@ -193,8 +269,8 @@ class SelectionTable(ExplorerView):
                                                  filename="selection.csv",
                                                  label="Download selection",
                                                  color="primary", width=190)
-        self._previous.on_click(lambda e: self._turn(-1))
-        self._next.on_click(lambda e: self._turn(+1))
+        self._previous.on_click(lambda e: in_document_lock(lambda: self._turn(-1)))
+        self._next.on_click(lambda e: in_document_lock(lambda: self._turn(+1)))
         self._format.param.watch(self._on_format, "value")
         self._table.param.watch(self._on_row, "selection")
         self._rows = np.zeros(0, dtype=np.int64)
@@ -240,7 +316,8 @@ class SelectionTable(ExplorerView):
         if event.new:
             position = event.new[0]
             if position < len(self._rows):
-                self.explorer.jet = int(self._rows[position])
+                jet = int(self._rows[position])
+                in_document_lock(lambda: setattr(self.explorer, "jet", jet))
 
     def _on_format(self, event) -> None:
         self._download.filename = "selection.csv" if event.new == "CSV" else "selection.parquet"
@@ -285,6 +362,8 @@ class LatentView(ExplorerView):
         self._note = pn.pane.HTML("", margin=(0, 10), sizing_mode="stretch_width")
         self.table = SelectionTable(explorer)
         self.streams: list[hv.streams.Stream] = []
+        self._shape = None  # the last drawn selection (when the explorer keeps no shape)
+        self._outline = None  # the outline stream of the current plot
         if not explorer.has_latent:
             return
         self.data = latent_data(explorer.analysis)
@@ -292,16 +371,21 @@ class LatentView(ExplorerView):
                    if self.data.available(value)}
         self._color = pn.widgets.Select(label="Colour by", options=options, value=self.color_by,
                                         width=200)
-        self._color.link(self, value="color_by")
+        self._color.param.watch(
+            lambda event: in_document_lock(lambda: setattr(self, "color_by", event.new)),
+            "value")
         if self.hover is None:
             self.hover = explorer.dataset.n_jets <= HOVER_SAMPLE_MAX_JETS
         self._hover = pn.widgets.Checkbox(label="hover names the category", value=self.hover,
                                           width=190)
-        self._hover.link(self, value="hover")
+        self._hover.param.watch(
+            lambda event: in_document_lock(lambda: setattr(self, "hover", event.new)), "value")
         self._clear = pn.widgets.Button(label="Clear selection", width=130)
-        self._clear.on_click(lambda e: explorer.clear_selection())
+        self._clear.on_click(lambda e: in_document_lock(explorer.clear_selection))
         self.param.watch(self._build, ["color_by", "hover"])
         explorer.param.watch(self._update_info, ["selection"])
+        explorer.param.watch(self._update_outline,
+                             [p for p in ("selection", "selection_shape") if p in explorer.param])
         explorer.param.watch(self._on_analysis, ["analysis"])
         self._build()
         self._update_info()
@@ -319,19 +403,21 @@ class LatentView(ExplorerView):
                 hv.streams.Params(self.explorer, ["discriminant"])])
         else:
             points = None
+        self._outline = hv.streams.Stream.define("Outline", shape=None)(
+            shape=self.selection_shape())
+        outline = hv.DynamicMap(selection_outline, streams=[self._outline])
+        box, lasso = hv.streams.BoundsXY(), hv.streams.Lasso()
+        box.add_subscriber(self._on_box)
+        lasso.add_subscriber(self._on_lasso)
+        self.streams = [box, lasso]
         return latent_plot(self.data, self.color_by, points, height=self.plot_height,
-                           hover=self.hover)
+                           hover=self.hover, outline=outline, streams=self.streams)
 
     def _build(self, *events) -> None:
         for stream in self.streams:
             stream.clear()
             stream.source = None
-        plot = self.plot()
-        box = hv.streams.BoundsXY(source=plot)
-        lasso = hv.streams.Lasso(source=plot)
-        box.add_subscriber(self._on_box)
-        lasso.add_subscriber(self._on_lasso)
-        self.streams = [box, lasso]
+        plot = self.plot()  # with new selection streams
         self._pane.object = plot
         note = (f" The {TOP_CLASSES_SHOWN} most frequent most-probable classes are coloured; "
                 "the rest are 'other'." if self.color_by == "top" else "")
@@ -344,15 +430,40 @@ class LatentView(ExplorerView):
             self._build()
 
     # --- selection ------------------------------------------------------------------------
+    def selection_shape(self):
+        """What the live selection is: ``("box", bounds)``, ``("lasso", vertices)`` or None."""
+        explorer = self.explorer
+        if explorer.selection is None:
+            return None
+        if "selection_shape" in explorer.param and explorer.selection_shape is not None:
+            return explorer.selection_shape
+        return self._shape
+
+    def _update_outline(self, *events) -> None:
+        if self._outline is not None:
+            self._outline.event(shape=self.selection_shape())
+
     def _on_box(self, bounds=None, **_) -> None:
         if bounds is None:
             return
-        self.explorer.select_box(tuple(float(b) for b in bounds))
+        bounds = tuple(float(b) for b in bounds)
+
+        def select() -> None:
+            self._shape = ("box", bounds)
+            self.explorer.select_box(bounds)
+
+        in_document_lock(select)
 
     def _on_lasso(self, geometry=None, **_) -> None:
         if geometry is None or len(geometry) < 3:
             return
-        self.explorer.select_polygon(np.asarray(geometry, dtype=np.float64))
+        vertices = np.asarray(geometry, dtype=np.float64)
+
+        def select() -> None:
+            self._shape = ("lasso", tuple(map(tuple, vertices)))
+            self.explorer.select_polygon(vertices)
+
+        in_document_lock(select)
 
     def _update_info(self, *events) -> None:
         explorer = self.explorer

@@ -4,6 +4,10 @@ For the chosen signal process and jet mSD window, the discriminant is cut at bac
 efficiencies from 1 to 1e-4 (background: every other process, all masses) and
 Z = sqrt(2((s + b) ln(1 + s/b) - s)) is computed from the signal and background yields in the
 window at the chosen luminosity.
+
+The signal defaults to the process the discriminant targets, read from the data
+(:meth:`sophon.analysis.DatasetAnalysis.target_process`, set by the explorer), and the page says
+which processes make the background.
 """
 
 from __future__ import annotations
@@ -19,10 +23,37 @@ from sophon.spectrum import SignificanceCurve
 from sophon.stats import asimov_significance
 
 from app.plots import efficiency_label, format_number, new_figure
+from app.state import cached_result
 from app.views.base import ExplorerView, message, problem_message
 from app.views.spectrum import ToggleGroup
 
-__all__ = ["SignificanceView", "significance_values"]
+__all__ = ["SignificanceView", "significance_values", "background_text"]
+
+#: The x axis in words: Bokeh writes a subscript only through MathJax, and with MathJax loaded
+#: Panel typesets the TeX of every HTML pane with it (the composer's KaTeX formula stopped
+#: following the discriminant); the hover and the summary write ε<sub>B</sub> in HTML.
+EFFICIENCY_AXIS_LABEL = "background efficiency"
+HOVER_TEMPLATE = ("<div class='significance-hover'>ε<sub>B</sub> = @efficiency{0.[0000]e}<br>"
+                  "s = @s{0.[00]}<br>b = @b{0.[00]}<br>Z = @z{0.[000]}</div>")
+
+
+def background_text(signal: str, processes, target: str | None = None) -> str:
+    """HTML: what the significance counts as signal and as background; ``target``: the process
+    the discriminant targets (:meth:`~sophon.analysis.DatasetAnalysis.target_process`)."""
+    others = [p for p in processes if p != signal]
+    listed = ", ".join(html.escape(str(p)) for p in others) or "none"
+    if target is None:
+        why = ""
+    elif target == signal:
+        why = (" (the process this discriminant targets: the most significant one in its own "
+               "mass window at ε = 10⁻³)")
+    else:
+        why = f" (this discriminant targets {html.escape(str(target))})"
+    return (f"<div class='significance-background'><b>Signal:</b> "
+            f"<span class='significance-signal'>{html.escape(str(signal))}</span> jets in the "
+            f"window{why}. <b>Background:</b> every other "
+            f"process ({listed}): its weight at all masses sets the cut (ε<sub>B</sub>), its "
+            "jets in the window count as b.</div>")
 
 
 def significance_values(curve: SignificanceCurve, scale: float = 1.0) -> dict[str, np.ndarray]:
@@ -44,6 +75,7 @@ class SignificanceView(ExplorerView):
         explorer = self.explorer
         self._summary = pn.pane.HTML("", sizing_mode="stretch_width",
                                      css_classes=["significance-summary"])
+        self._background = pn.pane.HTML("", sizing_mode="stretch_width")
         self._error = message("", "danger", visible=False)
         self._pane = pn.pane.Bokeh(sizing_mode="stretch_width")
         if not explorer.ready:
@@ -63,14 +95,14 @@ class SignificanceView(ExplorerView):
         self.source = ColumnDataSource({"efficiency": [], "s": [], "b": [], "z": []})
         self.best = ColumnDataSource({"efficiency": [], "z": []})
         self._make_figure()
-        explorer.param.watch(self.refresh, ["significance", "luminosity", "error"])
+        explorer.param.watch(self.refresh, ["significance", "luminosity", "error", "signal"])
         self.refresh()
 
     def _make_figure(self, *events) -> None:
         """The Z curve's figure (rebuilt for a new export format: bokeh fixes a figure's output
         backend when it is drawn); the data sources are kept."""
         self.figure = new_figure(title="Significance in the mass window", log_x=True,
-                                 xlabel="background efficiency ε_B",
+                                 xlabel=EFFICIENCY_AXIS_LABEL,
                                  ylabel="Z = √(2((s+b)ln(1+s/b) − s))",
                                  height=self.plot_height, export_format=self.export_format)
         line = self.figure.line("efficiency", "z", source=self.source, line_width=2,
@@ -79,9 +111,7 @@ class SignificanceView(ExplorerView):
         self.figure.scatter("efficiency", "z", source=self.best, size=14, marker="star",
                             color="#d62728", legend_label="best Z")
         self.figure.legend.location = "top_left"
-        self.figure.add_tools(HoverTool(renderers=[line], mode="vline", tooltips=[
-            ("ε_B", "@efficiency{0.[0000]e}"), ("s", "@s{0.[00]}"), ("b", "@b{0.[00]}"),
-            ("Z", "@z{0.[000]}")]))
+        self.figure.add_tools(HoverTool(renderers=[line], mode="vline", tooltips=HOVER_TEMPLATE))
         self._pane.object = self.figure
 
     def values(self) -> dict[str, np.ndarray] | None:
@@ -92,6 +122,15 @@ class SignificanceView(ExplorerView):
         explorer = self.explorer
         self._error.object = html.escape(explorer.error)
         self._error.visible = bool(explorer.error)
+        if explorer.signal is not None:
+            analysis, discriminant = explorer.analysis, explorer.discriminant
+            try:
+                target = cached_result(analysis, ("target_process", discriminant),
+                                       lambda: analysis.target_process(discriminant))
+            except ValueError:  # the explorer reports why
+                target = None
+            self._background.object = background_text(explorer.signal,
+                                                      explorer.dataset.process_names, target)
         values = self.values()
         if values is None:
             return
@@ -122,5 +161,6 @@ class SignificanceView(ExplorerView):
             pn.Row(self._signal, self._window,
                    pn.Column(pn.pane.HTML("<small>save tool writes</small>", margin=(0, 5)),
                              self._format), sizing_mode="stretch_width"),
-            self._summary, self._error, self._pane, sizing_mode="stretch_width",
+            self._summary, self._background, self._error, self._pane,
+            sizing_mode="stretch_width",
             css_classes=["significance-view"])
