@@ -5,9 +5,8 @@ with their exact types: ``float32``/``int32``/``bool`` scalars and lists, none o
 list items (named ``item``) non-null too. Units: GeV for momenta, energies and masses, mm for
 impact parameters and vertex positions, radians for angles.
 
-Readers of other formats (:mod:`sophon.delphes`) write through these, and so can the generator
-(:mod:`sophon.generate.writer` holds the same definitions; ``tests/test_delphes.py`` checks that
-the two agree).
+Readers of other formats (:mod:`sophon.delphes`) and the generator
+(:mod:`sophon.generate.writer`) write through these.
 """
 
 from __future__ import annotations

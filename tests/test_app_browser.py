@@ -131,6 +131,35 @@ def _wait_for_text(page, selector: str, expected: str, timeout: float = 30.0) ->
     raise AssertionError(f"{selector} reads {text!r}, not {expected!r}")
 
 
+def drag(page, start: tuple[float, float], end: tuple[float, float], steps: int = 8) -> None:
+    """Press the mouse at page point ``start``, move to ``end`` in ``steps``, release."""
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=steps)
+    page.mouse.up()
+
+
+def drag_box(page, left: float, top: float, width: float, height: float) -> None:
+    """Drag a box on the latent plot (fractions of the plot's canvas)."""
+    canvas = page.locator(".latent-plot canvas").first.bounding_box()
+    x0 = canvas["x"] + canvas["width"] * left
+    y0 = canvas["y"] + canvas["height"] * top
+    drag(page, (x0, y0), (x0 + canvas["width"] * width, y0 + canvas["height"] * height))
+
+
+def eventually(read, check, what: str, timeout: float = 30.0, poll: float = 0.2):
+    """``read()`` once ``check`` holds for it (polled every ``poll`` s), else AssertionError
+    naming ``what`` with the last value read."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = read()
+        if check(value):
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"{what}: still {value!r} after {timeout:.0f} s")
+
+
 def test_preset_slider_and_box_selection(browser, server, synthetic_dataset):
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     try:
@@ -164,13 +193,7 @@ def test_preset_slider_and_box_selection(browser, server, synthetic_dataset):
         page.wait_for_selector(".latent-plot canvas", timeout=TIMEOUT_MS)
         page.wait_for_selector(".latent-help", timeout=TIMEOUT_MS)
         time.sleep(1.0)  # let the datashaded image arrive
-        canvas = page.locator(".latent-plot canvas").first.bounding_box()
-        x0 = canvas["x"] + canvas["width"] * 0.30
-        y0 = canvas["y"] + canvas["height"] * 0.35
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        page.mouse.move(x0 + canvas["width"] * 0.15, y0 + canvas["height"] * 0.25, steps=8)
-        page.mouse.up()
+        drag_box(page, 0.30, 0.35, 0.15, 0.25)
         page.wait_for_selector(".latent-selected", timeout=TIMEOUT_MS)
         selected_text = page.locator(".latent-bounds").first.inner_text()
         selected = int(page.locator(".latent-selected").first.inner_text().replace(",", ""))

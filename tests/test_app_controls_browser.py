@@ -11,6 +11,8 @@ and text helpers these tests use.
 
 from __future__ import annotations
 
+import functools
+
 import io
 import json
 import re
@@ -23,25 +25,14 @@ import pytest
 from sophon.discriminant import PRESETS, Discriminant
 from sophon.labels import select
 
-from test_app_browser import (TIMEOUT_MS, _wait_for_text, browser,  # noqa: F401
-                              server)
+from test_app_browser import (TIMEOUT_MS, _wait_for_text, browser, drag_box,  # noqa: F401
+                              eventually, server)
 
 pytestmark = pytest.mark.browser
 
 LOCK_ERROR = "_pending_writes should be non-None"
 WAIT_S = 60.0  # the page answers in about a second; a loaded 2-core machine takes longer
-
-
-def _eventually(read, check, what: str, timeout: float = WAIT_S):
-    """``read()`` once ``check`` holds for it (polled), else AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = read()
-        if check(value):
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: still {value!r} after {timeout:.0f} s")
+_eventually = functools.partial(eventually, timeout=WAIT_S, poll=0.2)
 
 
 def _open(browser, server):  # noqa: F811
@@ -171,13 +162,7 @@ def test_downloads_arrive_on_the_first_click_with_what_is_shown(browser, server,
         page.wait_for_selector(".latent-plot canvas", timeout=TIMEOUT_MS)
         page.wait_for_selector(".latent-help", timeout=TIMEOUT_MS)
         time.sleep(1.0)  # let the datashaded image arrive
-        canvas = page.locator(".latent-plot canvas").first.bounding_box()
-        x0 = canvas["x"] + canvas["width"] * 0.30
-        y0 = canvas["y"] + canvas["height"] * 0.35
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        page.mouse.move(x0 + canvas["width"] * 0.15, y0 + canvas["height"] * 0.25, steps=8)
-        page.mouse.up()
+        drag_box(page, 0.30, 0.35, 0.15, 0.25)
         page.wait_for_selector(".latent-selected", timeout=TIMEOUT_MS)
         selected = int(page.locator(".latent-selected").first.inner_text().replace(",", ""))
         assert 0 < selected < synthetic_dataset.n_jets

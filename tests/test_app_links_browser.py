@@ -27,7 +27,7 @@ from sophon.discriminant import PRESETS
 from sophon.spectrum import DEFAULT_EFFICIENCIES
 
 from app.selection import box_indices, polygon_indices
-from test_app_browser import TIMEOUT_MS, browser, server  # noqa: F401
+from test_app_browser import TIMEOUT_MS, browser, drag_box, server  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -91,17 +91,6 @@ def _yield(summary: str) -> float:
     match = re.search(r"weighted yield: ([\d.,]+)(k|M)?", summary)
     assert match, summary
     return float(match.group(1).replace(",", "")) * {None: 1, "k": 1e3, "M": 1e6}[match.group(2)]
-
-
-def _drag_box(page, left: float, top: float, width: float, height: float) -> None:
-    """Drag a box on the latent plot (fractions of the plot's canvas)."""
-    canvas = page.locator(".latent-plot canvas").first.bounding_box()
-    x0 = canvas["x"] + canvas["width"] * left
-    y0 = canvas["y"] + canvas["height"] * top
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x0 + canvas["width"] * width, y0 + canvas["height"] * height, steps=8)
-    page.mouse.up()
 
 
 def _view(page) -> dict[str, object]:
@@ -170,7 +159,7 @@ def test_a_copied_link_reproduces_every_control(browser, server):  # noqa: F811
         page.wait_for_selector(".latent-plot canvas", timeout=TIMEOUT_MS)
         page.wait_for_selector(".latent-help", timeout=TIMEOUT_MS)
         time.sleep(2.0)  # let the datashaded image arrive
-        _drag_box(page, 0.30, 0.30, 0.25, 0.30)
+        drag_box(page, 0.30, 0.30, 0.25, 0.30)
         page.wait_for_selector(".latent-selected", timeout=TIMEOUT_MS)
         page.locator(".latent-view select").first.select_option(label="discriminant value D")
         _eventually(lambda: _search(page).get("color"), lambda c: c == "D", "the colour's link")

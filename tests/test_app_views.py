@@ -485,17 +485,12 @@ def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32)))
 
 
-def write_constituent_dataset(path: Path, n_jets: int = 120, seed: int = 3) -> Path:
-    """A small SYNTHETIC dataset whose jets carry constituents (some carry none)."""
-    sample = make_synthetic(n_jets, seed)
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, 25, sample.scores.shape[0])
-    lengths[::10] = 0  # jets without constituents keep their scores when rescored
+def random_constituent_columns(rng: np.random.Generator, lengths: np.ndarray) -> dict:
+    """``part_*`` list columns of random SYNTHETIC particles, ``lengths[i]`` of them in jet i."""
     total = int(lengths.sum())
     kind = rng.integers(0, 5, total)
     pt = rng.exponential(10.0, total) + 0.5
     phi = rng.uniform(-np.pi, np.pi, total)
-    columns = dict(sample.columns)
     particle = {
         "part_px": pt * np.cos(phi), "part_py": pt * np.sin(phi),
         "part_pz": rng.normal(0, 20, total),
@@ -509,8 +504,17 @@ def write_constituent_dataset(path: Path, n_jets: int = 120, seed: int = 3) -> P
         "part_isMuon": (kind == 4).astype(float),
     }
     particle["part_energy"] = np.sqrt(pt**2 + particle["part_pz"] ** 2) + 0.1
-    for name, values in particle.items():
-        columns[name] = _list_array(lengths, np.asarray(values))
+    return {name: _list_array(lengths, np.asarray(values)) for name, values in particle.items()}
+
+
+def write_constituent_dataset(path: Path, n_jets: int = 120, seed: int = 3) -> Path:
+    """A small SYNTHETIC dataset whose jets carry constituents (some carry none)."""
+    sample = make_synthetic(n_jets, seed)
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 25, sample.scores.shape[0])
+    lengths[::10] = 0  # jets without constituents keep their scores when rescored
+    columns = dict(sample.columns)
+    columns.update(random_constituent_columns(rng, lengths))
     return write_dataset(path, columns, scores=sample.scores, latents=sample.latents,
                          metadata=DatasetMetadata(luminosity_fb=100.0, model_id="synthetic",
                                                   extra={"synthetic": True}))

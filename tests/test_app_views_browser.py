@@ -22,13 +22,14 @@ tests/test_app_browser.py whose browser fixture, Server and text helpers these t
 
 from __future__ import annotations
 
+import functools
+
 import io
 import re
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from sophon.labels import index_of, select
@@ -36,11 +37,13 @@ from sophon.manifest import sha256_file
 from sophon.store import DatasetMetadata, write_dataset
 from sophon.synthetic import make_synthetic
 
-from test_app_browser import Server, browser  # noqa: F401
+from test_app_browser import Server, browser, drag, eventually  # noqa: F401
+from test_app_views import random_constituent_columns
 
 pytestmark = pytest.mark.browser
 
 WAIT_S = 120.0  # the page answers in seconds; a loaded 2-core machine takes longer
+_eventually = functools.partial(eventually, timeout=WAIT_S, poll=0.25)
 PAGE_MS = 180_000  # a fresh server's first page on a loaded machine
 N_JETS = 40_000
 N_CARRYING = 400  # jets that store constituents
@@ -49,11 +52,6 @@ HIGGS_SCALE = 1e-6  # Higgs: a millionth of its synthetic weight
 
 
 # --- the served dataset and models ----------------------------------------------------------
-def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.Array:
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32)))
-
-
 def _tiny_model(path: Path, seed: int) -> Path:
     import torch
 
@@ -85,25 +83,7 @@ def write_views_dataset(path: Path, stored_model: Path,
                         replace=False)
     carrying = np.sort(np.concatenate([top, others]))
     lengths[carrying] = rng.integers(3, 30, N_CARRYING)
-    total = int(lengths.sum())
-    kind = rng.integers(0, 5, total)
-    pt = rng.exponential(10.0, total) + 0.5
-    phi = rng.uniform(-np.pi, np.pi, total)
-    particle = {
-        "part_px": pt * np.cos(phi), "part_py": pt * np.sin(phi),
-        "part_pz": rng.normal(0, 20, total),
-        "part_deta": rng.normal(0, 0.3, total), "part_dphi": rng.normal(0, 0.3, total),
-        "part_d0val": rng.normal(0, 0.05, total), "part_d0err": rng.uniform(0, 0.1, total),
-        "part_dzval": rng.normal(0, 0.05, total), "part_dzerr": rng.uniform(0, 0.1, total),
-        "part_charge": rng.integers(-1, 2, total).astype(float),
-        "part_isChargedHadron": (kind == 0).astype(float),
-        "part_isNeutralHadron": (kind == 1).astype(float),
-        "part_isPhoton": (kind == 2).astype(float), "part_isElectron": (kind == 3).astype(float),
-        "part_isMuon": (kind == 4).astype(float),
-    }
-    particle["part_energy"] = np.sqrt(pt**2 + particle["part_pz"] ** 2) + 0.1
-    for name, values in particle.items():
-        columns[name] = _list_array(lengths, np.asarray(values))
+    columns.update(random_constituent_columns(rng, lengths))
     model_id = f"{stored_model.name}@sha256:{sha256_file(stored_model)[:12]}"
     write_dataset(path, columns, scores=sample.scores, latents=sample.latents,
                   metadata=DatasetMetadata(luminosity_fb=100.0, model_id=model_id,
@@ -130,18 +110,6 @@ def served(browser, tmp_path_factory):  # noqa: F811
 
 
 # --- reading the page -----------------------------------------------------------------------
-def _eventually(read, check, what: str, timeout: float = WAIT_S):
-    """``read()`` once ``check`` holds for it (polled), else AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = read()
-        if check(value):
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: still {value!r} after {timeout:.0f} s")
-
-
 def _open(browser, server, query: str = ""):  # noqa: F811
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.goto(server.url + query, timeout=PAGE_MS)
@@ -349,10 +317,7 @@ def _drag_box(page, box: dict, start, end) -> tuple[tuple[float, float], tuple[f
     a = (box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1])
     b = (box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1])
     for attempt in range(3):
-        page.mouse.move(*a)
-        page.mouse.down()
-        page.mouse.move(*b, steps=10)
-        page.mouse.up()
+        drag(page, a, b, steps=10)
         page.mouse.move(2, 2)  # off the plot: no hover line
         try:
             page.wait_for_selector(".latent-selected", timeout=40_000)
