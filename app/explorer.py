@@ -192,6 +192,12 @@ class Explorer(param.Parameterized):
     def has_latent(self) -> bool:
         return self.ready and self.dataset.has("umap_x") and self.dataset.has("umap_y")
 
+    def __init__(self, **params):
+        super().__init__(**params)
+        # a new discriminant's signal: after every other watcher (param.depends watchers run at
+        # precedence -1), so the page shows the discriminant first (see target_signal)
+        self.param.watch(lambda event: self.target_signal(), ["discriminant"], precedence=100)
+
     # --- watchers -------------------------------------------------------------------------
     @param.depends("efficiency", watch=True)
     def _snap_efficiency(self):
@@ -362,10 +368,6 @@ class Explorer(param.Parameterized):
         there is none). A discriminant's watcher runs this after every other one (precedence),
         so the page has shown the new discriminant first, and a link's signal, applied after
         its discriminant, stays."""
-        if not getattr(self, "_follows_discriminant", False):
-            self._follows_discriminant = True
-            self.param.watch(lambda event: self.target_signal(), ["discriminant"],
-                             precedence=100)
         if self.analysis is None:
             return None
         analysis, discriminant = self.analysis, self.discriminant

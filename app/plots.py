@@ -144,8 +144,10 @@ def readable_ticks(log: bool = False) -> CustomJSTickFormatter:
     return CustomJSTickFormatter(code=_READABLE_TICKS_JS, args={"log": bool(log)})
 
 
-#: The narrowest a plot in a :func:`plot_row` gets (its legend included) before the row wraps.
-MIN_PLOT_WIDTH = 400
+#: The narrowest a plot in a :func:`plot_row` gets (its legend included) before the row wraps:
+#: a side legend naming the significance window takes about 210 px, the axes 75 px, and the
+#: plotted area keeps at least 200 px.
+MIN_PLOT_WIDTH = 500
 
 
 def plot_row(*panes, **params) -> pn.FlexBox:

@@ -137,6 +137,7 @@ class DatasetAnalysis:
         self.binning = binning
         self._class_sums = BuildOnceCache(cache_size)  # filled by Discriminant.components
         self._values = BuildOnceCache(cache_size)
+        self._windows = BuildOnceCache()  # (process, fraction) -> mass window: few, kept
 
     # --- discriminant-independent arrays ------------------------------------------------------
     @cached_property
@@ -176,9 +177,14 @@ class DatasetAnalysis:
         names = list(dataset.process_names)
         if process not in names:
             raise ValueError(f"unknown process {process!r}; processes are {names}")
-        members = dataset.process_codes == names.index(process)
-        return densest_window(dataset.column("jet_sdmass")[members], dataset.weights[members],
-                              self.binning, fraction)
+
+        def build() -> tuple[float, float]:
+            members = dataset.process_codes == names.index(process)
+            return densest_window(dataset.column("jet_sdmass")[members],
+                                  dataset.weights[members], self.binning, fraction)
+
+        # discriminant-independent, asked on every discriminant change (target_process)
+        return self._windows.get_or_build((process, fraction), build)
 
     def target_process(self, discriminant: Discriminant, efficiency: float = 1e-3,
                        candidates: Sequence[str] | None = None) -> str | None:
