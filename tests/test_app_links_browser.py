@@ -330,3 +330,39 @@ def test_server_log_has_no_app_errors(server):  # noqa: F811
     assert server.alive()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-4000:]
+
+
+def test_a_drawn_lasso_goes_into_the_link_and_selects_the_same_jets(browser, server,  # noqa: F811
+                                                                    synthetic_dataset):
+    context, page = _open(browser, f"{server.url}?view=latent-space", ready=".latent-plot canvas")
+    try:
+        page.wait_for_selector(".latent-help", timeout=TIMEOUT_MS)
+        time.sleep(2.0)  # let the datashaded image arrive
+        page.locator(".latent-plot [title='Lasso Select']").first.click()
+        canvas = page.locator(".latent-plot canvas").first.bounding_box()
+        center_x = canvas["x"] + 0.45 * canvas["width"]
+        center_y = canvas["y"] + 0.45 * canvas["height"]
+        page.mouse.move(center_x + 0.2 * canvas["width"], center_y)
+        page.mouse.down()
+        for angle in np.linspace(0, 2 * math.pi, 60)[1:]:  # a drawn loop, as a hand draws it
+            page.mouse.move(center_x + 0.2 * canvas["width"] * math.cos(angle),
+                            center_y + 0.15 * canvas["height"] * math.sin(angle))
+        page.mouse.up()
+        summary = _eventually(lambda: _text(page, ".latent-selection"), lambda t: "lasso" in t,
+                              "the lasso's selection summary")
+        lasso = _eventually(lambda: _search(page).get("lasso"), bool, "the lasso in the link")
+        polygon = np.array([[float(v) for v in point.split(",")] for point in lasso.split(";")])
+        assert 3 <= len(polygon) <= 100  # thinned to what a link holds
+        # the jets the page counts are the jets inside the linked polygon (app.selection)
+        expected = len(polygon_indices(synthetic_dataset.column("umap_x"),
+                                       synthetic_dataset.column("umap_y"), polygon))
+        assert 0 < expected < synthetic_dataset.n_jets
+        assert f"{expected:,} jets selected" in summary
+
+        copied = page.evaluate("window.location.href")
+        other_context, other = _open(browser, copied, ready=".latent-selection")
+        assert _eventually(lambda: _text(other, ".latent-selection"), bool,
+                           "the linked selection") == summary
+        other_context.close()
+    finally:
+        context.close()
