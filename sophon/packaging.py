@@ -56,8 +56,8 @@ from sophon.store import (LATENT_CODES_KEY, SCORE_COLUMNS, SCORE_HEAD_KEY, Datas
                           encode_latents, write_table_atomic)
 
 __all__ = ["PackReport", "round_mantissa", "subset_lists", "thin_events",
-           "PROTECTING_DISCRIMINANTS", "protected_by_discriminants", "package_dataset",
-           "register_cli"]
+           "PROTECTING_DISCRIMINANTS", "protected_by_discriminants", "cut_side_changes",
+           "package_dataset", "register_cli"]
 
 CONSTITUENT_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c.startswith("part_"))
 
@@ -69,6 +69,9 @@ class PackReport:
     constituent_jets: int
     bytes: int
     max_score_difference: float
+    #: {preset: {efficiency: jets}} the jets inside the mass selection that pass the cut at that
+    #: efficiency with the stored scores but not with the recomputed ones, or the reverse
+    cut_side_changes: dict[str, dict[float, int]]
 
 
 def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
@@ -145,6 +148,31 @@ def protected_by_discriminants(scores: np.ndarray, weights: np.ndarray, efficien
     return protected
 
 
+#: The cuts whose jets the quantisation of the latents is checked on (PackReport.cut_side_changes).
+CHECKED_PRESETS = ("A1: X->cs", "A2: X->bb", "A3: X->b q q")
+CHECKED_EFFICIENCIES = (1e-3, 1e-4)
+
+
+def cut_side_changes(stored: np.ndarray, recomputed: np.ndarray, weights: np.ndarray,
+                     presets: tuple[str, ...] = CHECKED_PRESETS,
+                     efficiencies: tuple[float, ...] = CHECKED_EFFICIENCIES
+                     ) -> dict[str, dict[float, int]]:
+    """``{preset: {efficiency: n}}``: how many jets change side of the cut that keeps the fraction
+    ``efficiency`` of the weight when the scores ``stored`` (N, 188) are replaced by
+    ``recomputed`` (N, 188); each set of scores has its own threshold, as the app computes it
+    from the file it reads."""
+    changes: dict[str, dict[float, int]] = {}
+    for name in presets:
+        passing = []
+        for scores in (stored, recomputed):
+            values = PRESETS[name].log_odds(scores)
+            cuts = thresholds_for_efficiencies(values, weights, list(efficiencies))
+            passing.append([values >= cut for cut in cuts])
+        changes[name] = {float(eps): int((before != after).sum())
+                         for eps, before, after in zip(efficiencies, *passing)}
+    return changes
+
+
 def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
                     checkpoint: str | os.PathLike, constituents: str | os.PathLike | None = None,
                     constituent_jets: int = 2000, latent_bits: int = 7,
@@ -188,6 +216,11 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
         selected = (sdmass > sdmass_range[0]) & (sdmass < sdmass_range[1])
         log(f"{int(selected.sum())} of {len(dataset)} jets have {sdmass_range[0]:g} < mSD < "
             f"{sdmass_range[1]:g} GeV")
+    changes = cut_side_changes(dataset.scores[selected], recomputed[selected],
+                               dataset.weights[selected])
+    log("jets changing side of the cut with the recomputed scores: " + "; ".join(
+        f"{name} " + ", ".join(f"{n} at {eps:g}" for eps, n in counts.items())
+        for name, counts in changes.items()))
     rng = np.random.default_rng(seed)
     weight_factor = np.ones(len(dataset))
     if thin_keep < 1:
@@ -259,7 +292,7 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     table = table.replace_schema_metadata({DATASET_METADATA_KEY: metadata.to_json()})
     output.parent.mkdir(parents=True, exist_ok=True)
     write_table_atomic(table, output, compression_level=19, row_group_size=16384)
-    report = PackReport(output, table.num_rows, chosen, output.stat().st_size, difference)
+    report = PackReport(output, table.num_rows, chosen, output.stat().st_size, difference, changes)
     log(f"wrote {output}: {report.n_jets} jets ({chosen} with constituents), "
         f"{report.bytes / 1e6:.1f} MB")
     return report

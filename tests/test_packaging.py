@@ -275,3 +275,25 @@ def test_discriminant_keyed_thinning_is_unbiased_and_leaves_tight_cuts_untouched
     filled = spread > 0
     pulls = (mean - full.spectrum(0))[filled] / spread[filled]
     assert np.abs(pulls).max() < 5 and abs(np.mean(pulls)) < 1
+
+
+def test_cut_side_changes_counts_the_jets_that_cross_the_cut():
+    from sophon.discriminant import PRESETS
+    from sophon.packaging import cut_side_changes
+    from sophon.spectrum import thresholds_for_efficiencies
+
+    rng = np.random.default_rng(5)
+    scores = rng.dirichlet(np.ones(188), size=20000)
+    weights = np.ones(len(scores))
+    assert cut_side_changes(scores, scores, weights) == {
+        name: {1e-3: 0, 1e-4: 0} for name in ("A1: X->cs", "A2: X->bb", "A3: X->b q q")}
+    # swap the scores of the last jet that passes A1's cut at 1e-3 and the first that fails:
+    # the cut (its own per set of scores) stays, those two jets change side, none at 1e-4
+    values = PRESETS["A1: X->cs"].log_odds(scores)
+    passing = int((values >= thresholds_for_efficiencies(values, weights, [1e-3])[0]).sum())
+    order = np.argsort(values)[::-1]
+    last_in, first_out = order[passing - 1], order[passing]
+    changed = scores.copy()
+    changed[[last_in, first_out]] = scores[[first_out, last_in]]
+    counts = cut_side_changes(scores, changed, weights)
+    assert counts["A1: X->cs"] == {1e-3: 2, 1e-4: 0}
