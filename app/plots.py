@@ -5,7 +5,8 @@ a view builds its figure once and then only replaces the sources' data, which co
 millisecond (a HoloViews overlay of ten curves costs tens). Log and linear y axes are switched in
 place (:func:`set_log_y`: scale, ticker and tick labels). A figure is rebuilt only when the save
 tool's format changes, since Bokeh fixes a figure's output backend when it is drawn; the save
-tool in each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``.
+tool in each toolbar writes PNG, or SVG once ``export_format`` is ``"SVG"``, under the name
+:func:`set_save_name` gives it (the views name the discriminant, efficiency and dataset).
 
 The legends beside the plots are made by :func:`side_legend`, which sizes their swatches for the
 SVG backend too (see there): without it, SVG mode squashes a plot to a sliver.
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import panel as pn
 from bokeh.models import (BasicTicker, ColumnDataSource, CustomJSTickFormatter, HoverTool,
-                          Legend, LegendItem, LinearScale, LogScale, LogTicker, Span)
+                          Legend, LegendItem, LinearScale, LogScale, LogTicker, SaveTool, Span)
 from bokeh.core.properties import value
 from bokeh.palettes import Category10_10, Plasma256
 from bokeh.plotting import figure
@@ -43,6 +44,7 @@ __all__ = [
     "MIN_PLOT_WIDTH",
     "plot_row",
     "set_export_format",
+    "set_save_name",
     "set_log_y",
     "side_legend",
     "CurvesPlot",
@@ -177,6 +179,13 @@ def new_figure(*, title: str, xlabel: str, ylabel: str, log_y: bool = False,
 def set_export_format(fig: figure, export_format: str) -> None:
     """The save tool writes PNG (canvas backend) or SVG (svg backend)."""
     fig.output_backend = "svg" if export_format == "SVG" else "canvas"
+
+
+def set_save_name(fig: figure, name: str) -> None:
+    """The file name (without extension: Bokeh adds ``.png`` or ``.svg``) the figure's save tool
+    writes, instead of asking for one."""
+    for tool in fig.select(type=SaveTool):
+        tool.filename = name
 
 
 def side_legend(items: Sequence[LegendItem], **style) -> Legend:

@@ -14,7 +14,8 @@ dataset.
 Notebook 4 (the model) also uses :func:`workshop_model` (the project's trained model when
 ``data_manifest.yaml`` lists one, else a Sophon-architecture model with seeded random weights)
 and :func:`workshop_jets` (jets with constituents from the default dataset, else a handful
-generated on the spot with Pythia 8 + FastJet through :mod:`sophon.generate`).
+generated on the spot with Pythia 8 + FastJet through :mod:`sophon.generate`). Notebook 6 (files
+and figures) reads the published Delphes example file through :func:`delphes_example`.
 
 Nothing here draws: the plots are the app's views (``app.views``), the numbers the library's.
 """
@@ -41,7 +42,8 @@ from sophon.manifest import DEFAULT_DATASET  # noqa: E402
 __all__ = ["open_workshop_dataset", "workshop_model", "workshop_jets", "WorkshopJets",
            "check_top_peak", "check_triboson", "event_significance",
            "find_process", "spectrum_peak", "scan_table", "SYNTHETIC_JETS", "SYNTHETIC_SEED",
-           "scratch_dir", "default_dataset_present", "REPOSITORY_ROOT", "DEFAULT_DATASET"]
+           "scratch_dir", "default_dataset_present", "delphes_example", "DELPHES_EXAMPLE",
+           "REPOSITORY_ROOT", "DEFAULT_DATASET"]
 
 #: Size and seed of the synthetic stand-in: big enough for smooth spectra down to efficiency
 #: 1e-3, small enough to write in about two seconds on a laptop.
@@ -54,6 +56,10 @@ _SYNTHETIC_NOTE = (
     "{n:,} synthetic jets (sophon.synthetic, seed {seed}): invented mass shapes and scores that\n"
     "merely favour each jet's true class. Every step below works the same way, but the numbers\n"
     "and plots look like the paper's only on the default dataset.")
+
+#: The published Delphes example file (10 events, the Delphes card of the JetClass-II
+#: generation), in the reference folder beside the checkout when it is there.
+DELPHES_EXAMPLE = REPOSITORY_ROOT.parent / "shared" / "reference" / "events_delphes_example.root"
 
 _scratch: Path | None = None
 
@@ -79,6 +85,17 @@ def default_dataset_present() -> bool:
     """Whether the embedded default dataset has been put in place (``data/default``)."""
     path = Path(DEFAULT_DATASET)
     return path.is_file() or (path.is_dir() and any(path.glob("*.parquet")))
+
+
+def delphes_example() -> Path | None:
+    """The Delphes example file (:data:`DELPHES_EXAMPLE`), or None (and a note saying how to
+    use one of your own) when it is not there."""
+    if DELPHES_EXAMPLE.is_file():
+        print(f"Using the Delphes example file {DELPHES_EXAMPLE.name}")
+        return DELPHES_EXAMPLE
+    print(f"The Delphes example file is not at {DELPHES_EXAMPLE}: the Delphes cells are skipped.\n"
+          "Set `example` to a Delphes ROOT file of your own (tree 'Delphes') to run them.")
+    return None
 
 
 def open_workshop_dataset(n_jets: int = SYNTHETIC_JETS,

@@ -16,7 +16,11 @@ Constituents are the jet's ``Constituents`` references (a TRefArray: uproot give
 objects' ``fUniqueID``), looked up among the event's ``ParticleFlowCandidate`` entries and, for
 references found there, among its ``Particle`` (GenParticle) entries. A constituent is dropped
 when |pz| > 10000 GeV, |eta| > 5 or pT <= 0, or when its reference resolves to neither branch; the
-rest are ordered by decreasing pT. Per constituent (GeV, radians, mm)::
+rest are ordered by decreasing pT. A jet left without any constituent is not written (the model
+needs at least one particle per jet, so ``sophon score`` could not score it): the conversion
+report counts such jets (:attr:`ConversionReport.jets_without_constituents`), ``sophon convert
+delphes`` and ``sophon score`` say how many, and the other jets keep their ``jet_rank`` (so an
+event whose leading jet was dropped has no jet of rank 0). Per constituent (GeV, radians, mm)::
 
     part_px, part_py, part_pz, part_energy   from (PT, Eta, Phi, Mass)
     part_deta                      sign(jet eta) * (eta - jet eta), with sign(0) = -1
@@ -70,6 +74,7 @@ __all__ = [
     "DelphesError",
     "DelphesFile",
     "ConversionReport",
+    "CONSTITUENT_SELECTION",
     "jet_radius",
     "convert_delphes",
     "register_cli",
@@ -87,6 +92,8 @@ DEFAULT_STEP_EVENTS = 1000
 # The analyzer's constituent selection: dropped when |pz| > 10 TeV, |eta| > 5 or pT <= 0.
 MAX_ABS_PZ = 10000.0
 MAX_ABS_ETA = 5.0
+#: What a kept constituent passes, for messages.
+CONSTITUENT_SELECTION = f"|pz| <= {MAX_ABS_PZ:g} GeV, |eta| <= {MAX_ABS_ETA:g}, pT > 0"
 
 DELPHES_SCHEMA = pa.schema(list(JETCLASS_SCHEMA) + [
     pa.field("event_id", pa.int64(), nullable=False),  # tree entry + event_id_offset
@@ -118,9 +125,11 @@ def _leaf(branch: str, leaf: str) -> str:
 
 @dataclass
 class ConversionReport:
-    """What a conversion read: events, jets, constituents kept, and the constituent references
-    dropped because they resolve to no ``ParticleFlowCandidate`` or ``Particle`` entry, or
-    fail the analyzer's selection (|pz| > 10000 GeV, |eta| > 5, pT <= 0)."""
+    """What a conversion read: events, jets of the branch (``jets``), constituents kept, the
+    constituent references dropped because they resolve to no ``ParticleFlowCandidate`` or
+    ``Particle`` entry (``unresolved_references``) or fail the analyzer's selection (|pz| > 10000
+    GeV, |eta| > 5, pT <= 0: ``failed_selection``), and the jets not written because none of their
+    constituents is left (``jets_without_constituents``)."""
 
     events: int = 0
     jets: int = 0
@@ -129,6 +138,11 @@ class ConversionReport:
     failed_selection: int = 0
     jets_without_constituents: int = 0
     output: Path | None = field(default=None)
+
+    @property
+    def jets_written(self) -> int:
+        """The jets written: those of the branch that kept at least one constituent."""
+        return self.jets - self.jets_without_constituents
 
 
 class DelphesFile:
@@ -184,7 +198,9 @@ class DelphesFile:
 
     @property
     def num_rows(self) -> int:
-        """Jets in the file: the sum of the jet branch's per-event counts (read cheaply)."""
+        """Jets of the branch in the file: the sum of its per-event counts (read cheaply). The
+        jets left without a constituent are among them, and :meth:`iter_tables` drops them, so
+        it gives at most this many rows."""
         if not hasattr(self, "_num_rows"):
             counts = self._read([self.jet_branch], 0, self.num_events)[self.jet_branch]
             self._num_rows = int(np.asarray(counts, dtype=np.int64).sum())
@@ -244,8 +260,9 @@ class DelphesFile:
 
     def iter_tables(self, report: ConversionReport | None = None,
                     progress=None) -> Iterator[pa.Table]:
-        """One table of :attr:`schema_arrow` per ``step_events`` events, in entry order;
-        ``progress(events)`` is called after each chunk, and ``report`` accumulates counts."""
+        """One table of :attr:`schema_arrow` per ``step_events`` events, in entry order, without
+        the jets left with no constituent; ``progress(events)`` is called after each chunk, and
+        ``report`` accumulates counts."""
         report = ConversionReport() if report is None else report
         jet_names = [_leaf(self.jet_branch, leaf) for leaf in _JET_LEAVES]
         pf_names = [_leaf(PF_BRANCH, leaf) for leaf in _PF_LEAVES]
@@ -397,7 +414,9 @@ class DelphesFile:
             table_columns[name] = np.full(n_jets, np.nan)
         if self.process is not None:
             table_columns["process"] = [self.process] * n_jets
-        return build_table(table_columns, self.schema_arrow)
+        table = build_table(table_columns, self.schema_arrow)
+        # a jet without a constituent cannot be scored (the model needs one particle): dropped
+        return table if counts.all() else table.filter(pa.array(counts > 0))
 
 
 def _import_uproot():
@@ -478,11 +497,12 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"{args.input}: {report.events} events, {report.jets} jets of {args.jet_branch} "
               f"(R = {jet_radius(args.jet_branch)}), {report.constituents} constituents kept, "
               f"{report.failed_selection} dropped by the selection, "
-              f"{report.unresolved_references} unresolved references; wrote {args.output}",
-              file=sys.stderr)
+              f"{report.unresolved_references} unresolved references; wrote "
+              f"{report.jets_written} jets to {args.output}", file=sys.stderr)
         if report.jets_without_constituents:
-            print(f"warning: {report.jets_without_constituents} jet(s) have no constituent left; "
-                  "sophon score refuses them", file=sys.stderr)
+            print(f"note: {report.jets_without_constituents} jet(s) of {args.jet_branch} not "
+                  f"written: none of their constituents passes the selection "
+                  f"({CONSTITUENT_SELECTION}), and the model needs at least one", file=sys.stderr)
     return 0
 
 

@@ -66,10 +66,15 @@ def _installed(module: str) -> bool:
         return False
 
 
-def require_all(extra: str, purpose: str) -> None:
-    """Check that every module of ``extra`` is installed (without importing them);
+def require_all(extra: str, purpose: str, modules: tuple[str, ...] | None = None) -> None:
+    """Check that every module of ``extra`` (or only ``modules``, some of them: those
+    ``purpose`` cannot do without) is installed, without importing them;
     :class:`MissingExtraError` naming the missing ones otherwise."""
-    missing = tuple(module for module in EXTRAS[extra] if not _installed(module))
+    needed = EXTRAS[extra] if modules is None else tuple(modules)
+    strangers = [module for module in needed if module not in EXTRAS[extra]]
+    if strangers:
+        raise ValueError(f"{strangers[0]!r} is not a module of the {extra!r} extra")
+    missing = tuple(module for module in needed if not _installed(module))
     if missing:
         raise MissingExtraError(purpose, extra, missing)
 

@@ -95,6 +95,12 @@ def _label(ax, mplhep, luminosity_fb: float | None, energy_tev: float) -> None:
     ax.text(1.0, 1.01, right, transform=ax.transAxes, ha="right", va="bottom", fontsize=12)
 
 
+def _literal(text: str) -> str:
+    """``text`` (a discriminant's or a process's name) drawn as it is: every ``$`` escaped, so
+    that matplotlib never reads a part of it as mathtext (which could fail to parse)."""
+    return str(text).replace("$", r"\$")
+
+
 def _efficiency_text(efficiency: float) -> str:
     exponent = np.log10(efficiency)
     if abs(exponent - round(exponent)) < 1e-9:
@@ -182,7 +188,7 @@ def spectrum_figure(scan: EfficiencyScan, level: int, *, discriminant=None,
         for code in order:
             top = baseline + stack[code]
             right.stairs(top, edges, baseline=baseline.copy(), fill=True, color=process_colours[code],
-                         label=scan.process_names[code], linewidth=0)
+                         label=_literal(scan.process_names[code]), linewidth=0)
             baseline = top
         right.stairs(baseline, edges, color="black", linewidth=1.2)
         _band(right, edges, baseline, stack_variance, color="black",
@@ -207,7 +213,7 @@ def spectrum_figure(scan: EfficiencyScan, level: int, *, discriminant=None,
             _label(ax, mplhep, luminosity_fb, energy_tev)
         if formula:
             name = getattr(discriminant, "name", None)
-            text = f"${formula}$" if not name else f"{name}:  ${formula}$"
+            text = f"${formula}$" if not name else f"{_literal(name)}:  ${formula}$"
             right.text(0.03, 0.96, text, transform=right.transAxes, ha="left", va="top",
                        fontsize=10)
             left.text(0.03, 0.96, text, transform=left.transAxes, ha="left", va="top",
@@ -215,34 +221,44 @@ def spectrum_figure(scan: EfficiencyScan, level: int, *, discriminant=None,
     return figure
 
 
-def save_figure(figure, path: str | os.PathLike, *, dpi: int = DEFAULT_DPI) -> Path:
+def save_figure(figure, path: str | os.PathLike, *, dpi: int = DEFAULT_DPI,
+                title: str | None = None) -> Path:
     """Write ``figure`` to ``path`` in the format of its suffix (``.pdf``, ``.png``, ``.svg``),
-    atomically (a temporary file beside it, then a rename). A PNG is ``figsize * dpi`` pixels."""
+    atomically (a temporary file beside it, then a rename). A PNG is ``figsize * dpi`` pixels.
+    ``title`` (what the figure shows) goes into the file's metadata: the PDF's Title, the SVG's
+    ``dc:title``, the PNG's ``Title`` text chunk."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FIGURE_FORMATS:
         raise ValueError(f"{path}: unknown figure format {path.suffix!r}; use one of "
                          f"{', '.join(FIGURE_FORMATS)}")
     with _style(), atomic.atomic_output(path) as temporary:
-        figure.savefig(temporary, format=suffix[1:], dpi=dpi, metadata=_file_metadata(suffix))
+        figure.savefig(temporary, format=suffix[1:], dpi=dpi,
+                       metadata=_file_metadata(suffix, title))
     return path
 
 
-def _file_metadata(suffix: str) -> dict:
+def _file_metadata(suffix: str, title: str | None = None) -> dict:
     # no creation date: the same figure gives the same file
     if suffix == ".pdf":
-        return {"Creator": "sophon.figures", "CreationDate": None}
-    if suffix == ".svg":
-        return {"Creator": "sophon.figures", "Date": None}
-    return {"Software": "sophon.figures"}
+        metadata = {"Creator": "sophon.figures", "CreationDate": None}
+    elif suffix == ".svg":
+        metadata = {"Creator": "sophon.figures", "Date": None}
+    else:
+        metadata = {"Software": "sophon.figures"}
+    if title:
+        metadata["Title"] = title
+    return metadata
 
 
 def save_spectrum_figure(scan: EfficiencyScan, level: int,
                          paths: str | os.PathLike | Sequence[str | os.PathLike], *,
-                         dpi: int = DEFAULT_DPI, **options) -> list[Path]:
+                         dpi: int = DEFAULT_DPI, title: str | None = None,
+                         **options) -> list[Path]:
     """Draw :func:`spectrum_figure` (``options`` are its keywords) and save it to each of
-    ``paths`` (one or several of PDF, PNG, SVG). Returns the paths written."""
+    ``paths`` (one or several of PDF, PNG, SVG), with ``title`` in the files' metadata.
+    Returns the paths written."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     figure = spectrum_figure(scan, level, **options)
-    return [save_figure(figure, path, dpi=dpi) for path in paths]
+    return [save_figure(figure, path, dpi=dpi, title=title) for path in paths]

@@ -16,7 +16,10 @@ writes ``DATASET/part-<input stem>.parquet`` per input (atomically), skipping in
 already complete, so an interrupted run resumes where it stopped. An input ending in ``.root`` is
 a Delphes file: its jets (``--jet-branch``, default ``JetPUPPIAK8``) are read with their
 constituents as :mod:`sophon.delphes` reads them, streamed, and ``event_id`` counts on across the
-ROOT inputs of one run (the second file's first event follows the first file's last).
+ROOT inputs of one run (the second file's first event follows the first file's last). A Delphes
+jet left without a constituent by the selection is not scored (the converter drops it too); the
+run says how many were dropped and the part's metadata records it
+(``extra["jets_without_constituents"]``).
 
 Hostile or broken input stops the run with a message and exit code 2, before anything is
 written for that input: an output folder that cannot be created or written to (checked before
@@ -180,7 +183,9 @@ def part_path(output: Path, source: Path) -> Path:
 
 
 def _existing_part_state(part: Path, source: Path, rows: int, model_id: str) -> str:
-    """"complete", "missing" (absent or unusable: rescore), or raise for a different model."""
+    """"complete", "missing" (absent or unusable: rescore), or raise for a different model.
+    ``rows``: the input's rows (a Delphes input's jets, with those it drops), as the part's
+    ``source_rows`` records them."""
     if not part.exists():
         return "missing"
     try:
@@ -188,7 +193,7 @@ def _existing_part_state(part: Path, source: Path, rows: int, model_id: str) -> 
         metadata = read_metadata(parquet.schema_arrow, source=str(part))
     except (OSError, pa.ArrowException, ValueError):
         return "missing"
-    if metadata is None or parquet.metadata.num_rows != rows:
+    if metadata is None or metadata.extra.get("source_rows", parquet.metadata.num_rows) != rows:
         return "missing"
     if metadata.model_id != model_id:
         raise ValueError(f"{part}: already scored with model {metadata.model_id!r}, not {model_id!r}; "
@@ -326,13 +331,28 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
                     kept[name].append(batch.column(name))
                 first_row += batch.num_rows
                 bar.update(batch.num_rows)
+            # a Delphes input gives no row for a jet left without a constituent
+            without_constituents = parquet.num_rows - first_row
+            bar.update(without_constituents)
+            if without_constituents:
+                from sophon.delphes import CONSTITUENT_SELECTION
+
+                if first_row == 0:
+                    raise ValueError(f"{source}: none of its {parquet.num_rows:,} jets keeps a "
+                                     f"constituent after the Delphes selection "
+                                     f"({CONSTITUENT_SELECTION}); nothing to score")
+                log(f"{source.name}: {without_constituents:,} of {parquet.num_rows:,} jets not "
+                    f"scored: none of their constituents passes the Delphes selection "
+                    f"({CONSTITUENT_SELECTION}), and the model needs at least one")
             jets = {name: pa.concat_arrays(chunks) for name, chunks in kept.items()}
             luminosity = luminosity_fb if luminosity_fb is not None else \
                 _input_metadata_luminosity(parquet.schema_arrow)
-            metadata = DatasetMetadata(
-                luminosity_fb=luminosity, model_id=scorer.model_id,
-                extra={"source_file": source.name, "source_rows": parquet.num_rows,
-                       "scorer": scorer.description})
+            extra = {"source_file": source.name, "source_rows": parquet.num_rows,
+                     "scorer": scorer.description}
+            if is_delphes_input(source):
+                extra["jets_without_constituents"] = without_constituents
+            metadata = DatasetMetadata(luminosity_fb=luminosity, model_id=scorer.model_id,
+                                       extra=extra)
             write_dataset(part, jets, scores=np.concatenate(scores), latents=np.concatenate(latents),
                           metadata=metadata)
     return parts

@@ -22,7 +22,7 @@ point). :mod:`sophon.histograms` writes them to ROOT (uproot), ``.npz`` and JSON
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -299,6 +299,18 @@ class EfficiencyScan:
     def spectra(self) -> np.ndarray:
         """(levels, bins) the spectrum at every level."""
         return self.sum_of_weights.sum(axis=1)[:, 1:-1]
+
+    def scaled(self, factor: float) -> EfficiencyScan:
+        """The same scan with every jet weight multiplied by ``factor`` (e.g. the chosen
+        luminosity over the dataset's, both in fb^-1): sums of weights times ``factor``, sums of
+        squared weights times ``factor``^2; thresholds, efficiencies and jet counts unchanged."""
+        factor = float(factor)
+        if not np.isfinite(factor) or factor < 0:
+            raise ValueError(f"a scan's weights can be scaled by a finite factor >= 0, not "
+                             f"{factor!r}")
+        return replace(self, sum_of_weights=self.sum_of_weights * factor,
+                       sum_of_weights_squared=self.sum_of_weights_squared * factor ** 2,
+                       max_weight=self.max_weight * factor)
 
     def _mass_axis(self):
         import hist

@@ -109,7 +109,7 @@ def test_svg_mode_keeps_the_stack_plot_and_downloads_the_whole_figure(browser, s
     context, page = _open(browser, server.url, accept_downloads=True)
     try:
         png_figures, png_frames, _ = _spectrum_layout(page)
-        page.get_by_text("SVG", exact=True).click()
+        page.locator(".save-format").get_by_text("SVG", exact=True).click()
         # the figures are rebuilt with the SVG backend: wait for their SVG layers
         page.wait_for_function(
             """() => { const find = (root) => [...root.querySelectorAll('*')].some(
@@ -231,7 +231,7 @@ def test_narrow_screens_do_not_scroll_sideways(browser, server, width):
         # the controls above the plots stay inside too (they wrap): the last of them, the save
         # tool's format, was past the edge
         for control in (page.locator(".efficiency-slider").first,
-                        page.get_by_text("SVG", exact=True)):
+                        page.locator(".save-format").get_by_text("SVG", exact=True)):
             assert _inside(control.bounding_box(), viewport)
         assert re.search(r"ε = \S+", page.locator(".scan-summary").first.inner_text())
     finally:

@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import awkward as ak
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -272,3 +273,77 @@ def test_damaged_files_are_named(delphes_path, tmp_path):
             convert_delphes(damaged, output, step_events=100, progress=False)
         finally:
             assert not output.exists()
+
+
+def _constituents_fail_in(events: set[int] | None, monkeypatch) -> None:
+    """Every candidate and generator particle of ``events`` (tree entries; None: all) reads
+    with pT = 0, so every constituent of their jets fails the selection."""
+    read = DelphesFile._read
+
+    def read_with_zero_pt(self, names, start, stop):
+        arrays = read(self, names, start, stop)
+        for branch in ("ParticleFlowCandidate", "Particle"):
+            key = f"{branch}/{branch}.PT"
+            if key in arrays:
+                counts = ak.num(arrays[key], axis=1)
+                pt = np.array(ak.to_numpy(ak.flatten(arrays[key], axis=1)))
+                offsets = np.concatenate([[0], np.cumsum(ak.to_numpy(counts))])
+                for entry in range(start, stop):
+                    if events is None or entry in events:
+                        pt[offsets[entry - start]:offsets[entry - start + 1]] = 0.0
+                arrays[key] = ak.unflatten(pt, counts)
+        return arrays
+
+    monkeypatch.setattr(DelphesFile, "_read", read_with_zero_pt)
+
+
+def test_jets_without_a_constituent_are_dropped_by_convert_and_score(delphes_path, plain_jets,
+                                                                    tmp_path, monkeypatch,
+                                                                    capsys):
+    """A jet whose constituents all fail the selection is neither converted nor scored, both
+    say how many, and the rest are what a plain reading gives (ranks kept)."""
+    _constituents_fail_in({0}, monkeypatch)
+    kept = [jet for jet in plain_jets if jet["event"] != 0]
+    dropped = len(plain_jets) - len(kept)
+    assert 0 < dropped < len(plain_jets)
+
+    output = tmp_path / "jets.parquet"
+    assert sophon_main(["convert", "delphes", str(delphes_path), "-o", str(output),
+                        "--step-events", "3"]) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {len(kept)} jets" in err and f"note: {dropped} jet(s) of JetPUPPIAK8" in err
+    table = pq.read_table(output)
+    _compare(table, kept)
+    assert min(table["jet_nparticles"].to_pylist()) > 0
+    report = convert_delphes(delphes_path, tmp_path / "again.parquet", progress=False)
+    assert (report.jets, report.jets_without_constituents, report.jets_written) == \
+        (len(plain_jets), dropped, len(kept))
+
+    scored = tmp_path / "scored"
+    command = ["score", str(delphes_path), "--model", MODEL, "-o", str(scored), "--device", "cpu"]
+    assert sophon_main(command) == 0
+    err = capsys.readouterr().err
+    assert f"{dropped} of {len(plain_jets)} jets not scored" in err
+    part = scored / "part-events_delphes_example.parquet"
+    part_table = pq.read_table(part)
+    assert part_table.num_rows == len(kept)
+    assert list(zip(part_table["event_id"].to_pylist(), part_table["jet_rank"].to_pylist())) == \
+        [(jet["event"], jet["rank"]) for jet in kept]
+    from sophon.store import read_metadata
+
+    extra = read_metadata(part_table.schema).extra
+    assert extra["jets_without_constituents"] == dropped
+    assert extra["source_rows"] == len(plain_jets)
+    # a rerun finds the part complete
+    assert sophon_main(command) == 0
+    assert "already scored" in capsys.readouterr().err
+
+
+def test_a_file_whose_jets_all_lose_their_constituents_is_named(delphes_path, tmp_path,
+                                                               monkeypatch, capsys):
+    _constituents_fail_in(None, monkeypatch)
+    assert sophon_main(["score", str(delphes_path), "--model", MODEL, "-o",
+                        str(tmp_path / "scored"), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "events_delphes_example.root: none of its 22 jets keeps a constituent" in err
+    assert not list((tmp_path / "scored").glob("*.parquet"))

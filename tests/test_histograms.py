@@ -12,8 +12,8 @@ import pytest
 
 from sophon.analysis import DatasetAnalysis
 from sophon.discriminant import PRESETS
-from sophon.histograms import (METADATA_KEY, TOTAL_KEY, histogram_key, read_histograms,
-                               scan_histograms, write_histograms)
+from sophon.histograms import (METADATA_KEY, TOTAL_KEY, histogram_key, level_key,
+                               read_histograms, scan_histograms, write_histograms)
 from sophon.spectrum import JET_MASS_LABEL, EfficiencyScan, MassBinning, significance_scan
 
 PROCESSES = ("QCD", "W+jets", "single top")
@@ -176,3 +176,32 @@ def test_analysis_scans_give_hists(synthetic_dataset):
         np.testing.assert_allclose(histogram.values(flow=True),
                                    events.sum_of_weights[1].sum(axis=0))
         np.testing.assert_allclose(histogram.axes[0].edges, events.binning.edges)
+
+
+@pytest.mark.parametrize("suffix", [".root", ".npz", ".json"])
+def test_every_level_adds_the_spectrum_at_each_efficiency(jets, scan, tmp_path, suffix):
+    """every_level: the sum over processes at each level of the scan, each under its own cut,
+    in a scan scaled to another luminosity (weights x 2.5, squared weights x 6.25)."""
+    if suffix == ".root":
+        pytest.importorskip("uproot")
+    scaled = scan.scaled(2.5)
+    path = write_histograms(scaled, 1, tmp_path / f"spectra{suffix}", every_level=True)
+    histograms, info = read_histograms(path)
+    assert list(histograms)[4:] == [level_key(i) for i in range(scan.n_levels)]
+    for index in range(scan.n_levels):
+        values, variances = _expected(jets, scan, index)
+        stored = histograms[level_key(index)]
+        np.testing.assert_allclose(stored.values(flow=True), 2.5 * values, rtol=1e-10)
+        np.testing.assert_allclose(stored.variances(flow=True), 6.25 * variances, rtol=1e-10)
+        entry = info["levels"][level_key(index)]
+        assert entry["efficiency"] == pytest.approx(scan.efficiencies[index])
+        assert entry["threshold"] == pytest.approx(float(scan.thresholds[index]))
+        assert stored.name == entry["name"] == \
+            f"total at efficiency {scan.efficiencies[index]:.3g}"
+    # the level's own histograms are unchanged by every_level
+    np.testing.assert_allclose(histograms[TOTAL_KEY].values(flow=True),
+                               2.5 * _expected(jets, scan, 1)[0], rtol=1e-10)
+    # a process that would read as a level's key keeps its own
+    assert histogram_key("total level 3") == "process_total_level_3"
+    with pytest.raises(ValueError, match="factor"):
+        scan.scaled(float("nan"))

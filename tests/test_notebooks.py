@@ -27,6 +27,7 @@ WORKSHOP = (
     "04_the_model.ipynb",
     "05_exercises.ipynb",
     "05_exercises_solutions.ipynb",
+    "06_files_and_figures.ipynb",
 )
 KERNEL_NAME = "sophon-workshop"
 CELL_TIMEOUT_S = 300  # one cell; a whole notebook takes seconds to tens of seconds

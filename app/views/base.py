@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from app.explorer import Explorer
 from app.state import data_path
 
 __all__ = ["ExplorerView", "in_document_lock", "message", "text_message", "message_html",
-           "problem_message"]
+           "problem_message", "file_name_part"]
+
+#: The longest piece of a downloaded file's name made from a discriminant's or dataset's name.
+FILE_NAME_PART_LENGTH = 60
 
 
 def in_document_lock(action: Callable[[], None]) -> None:
@@ -30,6 +34,15 @@ def in_document_lock(action: Callable[[], None]) -> None:
     handler that changes the session, or writes Bokeh models, is run from here.
     """
     pn.state.execute(action, schedule=True)
+
+
+def file_name_part(text: str, fallback: str) -> str:
+    """``text`` (a discriminant's or a dataset's name, as typed) as a piece of a file name: every
+    run of characters outside ``[A-Za-z0-9]`` one ``_``, at most
+    :data:`FILE_NAME_PART_LENGTH` characters; ``fallback`` when nothing is left
+    (``"A1: X->cs"`` -> ``"A1_X_cs"``)."""
+    part = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+    return part[:FILE_NAME_PART_LENGTH].rstrip("_") or fallback
 
 
 class ExplorerView(pn.viewable.Viewer):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import io
-import re
 
 import panel as pn
 import param
@@ -26,7 +25,8 @@ from sophon.discriminant import (MAX_DEFINITION_CHARACTERS, MAX_TEXT_LENGTH, PRE
 from sophon.labels import (GROUPS, LABELS, MAX_QUERY_LENGTH, REWEIGHT_GROUPS, QueryError,
                            select)
 
-from app.views.base import ExplorerView, in_document_lock, message_html, text_message
+from app.views.base import (ExplorerView, file_name_part, in_document_lock, message_html,
+                             text_message)
 
 __all__ = ["ComposerView", "TermEditor", "picker_query", "in_document_lock", "CONTENT_FILTERS",
            "GROUP_OPTIONS"]
@@ -320,8 +320,7 @@ class ComposerView(ExplorerView):
 
     def _yaml_file(self):
         discriminant = self.explorer.discriminant
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", discriminant.name).strip("_") or "discriminant"
-        self._download.filename = f"{slug}.yaml"
+        self._download.filename = f"{file_name_part(discriminant.name, 'discriminant')}.yaml"
         return io.StringIO(discriminant.to_yaml())
 
     def _on_upload(self, event) -> None:

@@ -27,6 +27,7 @@ class EventView(ScanView):
     curves_title = "Dijet mass at each event efficiency"
     stack_title = "Per-process stack at the chosen event efficiency"
     show_window = False
+    save_names = ("dijet_spectra", "dijet_stack")
 
     def __init__(self, explorer=None, **params):
         super().__init__(explorer, **params)

@@ -4,29 +4,61 @@ The curves are the spectra of the jets passing the discriminant cut at each effi
 1e-4 (log-spaced), colour-graded from the loosest to the tightest cut; the chosen efficiency is
 drawn thicker. Everything is a slice of the session's one :class:`~sophon.spectrum.EfficiencyScan`:
 the efficiency slider and player only re-slice it.
+
+What a physicist takes away, each file named ``<discriminant>_eff<efficiency>_<dataset>``:
+
+- the plots' save tools write ``..._spectra.png`` and ``..._stack.png`` (or ``.svg``);
+- **Export histograms** (ROOT, npz or JSON; :func:`sophon.histograms.write_histograms`): the
+  stack at the chosen efficiency (one histogram per process, and their ``total``) and the
+  spectrum at every efficiency (``total_level_0`` ...), in events at the chosen luminosity
+  (whether the page shows them normalised or not), with the discriminant, dataset, luminosity
+  and what the efficiency counts in the file's metadata;
+- **Publication figure** (PDF, PNG or SVG; :func:`sophon.figures.spectrum_figure`): both plots as
+  drawn here (luminosity, normalised or not, log or linear) in the mplhep style.
 """
 
 from __future__ import annotations
 
 import html
+import io
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import panel as pn
 import param
 
+from sophon import __version__ as SOPHON_VERSION
 from sophon.discriminant import cut_on_d
+from sophon.extras import MissingExtraError, require_all
+from sophon.figures import save_figure, spectrum_figure
+from sophon.histograms import write_histograms
 from sophon.spectrum import EfficiencyScan
 
 from app.explorer import EFFICIENCIES, Explorer
-from app.plots import CurvesPlot, StackPlot, efficiency_label, format_number, plot_row
-from app.views.base import ExplorerView, message, message_html, problem_message, text_message
+from app.plots import (CurvesPlot, StackPlot, efficiency_label, format_number, plot_row,
+                       set_save_name)
+from app.views.base import (ExplorerView, file_name_part, message, message_html,
+                            problem_message, text_message)
 from app.views.composer import in_document_lock
 
 __all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
-           "scan_summary", "LOW_STATISTICS"]
+           "scan_summary", "efficiency_reference", "written_bytes", "LOW_STATISTICS",
+           "HISTOGRAM_FORMATS", "FIGURE_FORMATS"]
+
+log = logging.getLogger("sophon.app")
 
 #: Below this effective number of jets a spectrum is a handful of weighted jets: say so.
 LOW_STATISTICS = 25.0
+#: The histogram export's formats: button -> file suffix (sophon.histograms.FORMATS).
+HISTOGRAM_FORMATS = {"ROOT": ".root", "npz": ".npz", "JSON": ".json"}
+#: The publication figure's formats: button -> file suffix (sophon.figures.FIGURE_FORMATS).
+FIGURE_FORMATS = {"PDF": ".pdf", "PNG": ".png", "SVG": ".svg"}
+# What an export needs beyond the core: (extra, modules it cannot do without, what it is).
+_ROOT_NEEDS = ("root", ("uproot",), "writing ROOT histogram files")
+_FIGURE_NEEDS = ("figures", ("matplotlib",), "drawing publication figures")
 
 
 class ToggleGroup(pn.widgets.RadioButtonGroup):
@@ -80,6 +112,34 @@ def stack_errors(scan: EfficiencyScan, level: int, *, normalise: bool = False,
         total = scan.spectrum(level).sum()
         return errors / total if total > 0 else np.zeros_like(errors)
     return errors * scale
+
+
+def efficiency_reference(explorer: Explorer) -> str:
+    """What the efficiency counts, in words: ``all jets`` or ``QCD jets``, of each event's leading
+    jet only (``all leading jets``, ``leading QCD jets``) when the spectra are of leading jets."""
+    if explorer.jets == "leading":
+        return "leading QCD jets" if explorer.reference == "QCD" else "all leading jets"
+    return "QCD jets" if explorer.reference == "QCD" else "all jets"
+
+
+def written_bytes(file_name: str, write: Callable[[Path], object]) -> bytes:
+    """The bytes of the file that ``write(path)`` writes at ``path``, named ``file_name``, in a
+    new temporary folder removed afterwards: a library writer (atomic) made into a download."""
+    with tempfile.TemporaryDirectory(prefix="sophon-download-") as folder:
+        path = Path(folder) / file_name
+        write(path)
+        return path.read_bytes()
+
+
+def _missing(needs: tuple[str, tuple[str, ...], str]) -> str:
+    """Why an export cannot be made here ('' when it can): the modules it needs and the pip
+    command that installs them."""
+    extra, modules, purpose = needs
+    try:
+        require_all(extra, purpose, modules)
+    except MissingExtraError as error:
+        return str(error)
+    return ""
 
 
 def y_label(explorer: Explorer) -> str:
@@ -153,6 +213,8 @@ class ScanView(ExplorerView):
     curves_title = "Jet mSD at each efficiency"
     stack_title = "Per-process stack at the chosen efficiency"
     show_window = True
+    #: what the save tools' files are called after :meth:`export_stem`: (curves, stack)
+    save_names = ("spectra", "stack")
 
     def __init__(self, explorer=None, **params):
         super().__init__(explorer, **params)
@@ -208,6 +270,15 @@ class ScanView(ExplorerView):
     def current_scan(self) -> EfficiencyScan | None:
         return getattr(self.explorer, self.scan_name)
 
+    def export_stem(self) -> str:
+        """The name of what is shown, for files: ``<discriminant>_eff<efficiency>_<dataset>``
+        (names made safe by :func:`~app.views.base.file_name_part`), e.g.
+        ``A1_X_cs_eff1e-3_default``."""
+        explorer = self.explorer
+        return (f"{file_name_part(explorer.discriminant.name, 'discriminant')}"
+                f"_eff{efficiency_label(EFFICIENCIES[explorer.level])}"
+                f"_{file_name_part(explorer.dataset.path.stem, 'dataset')}")
+
     def curves(self) -> np.ndarray:
         """(levels, bins) what the curves show now."""
         explorer, scan = self.explorer, self.current_scan
@@ -235,6 +306,9 @@ class ScanView(ExplorerView):
                                stack_values(scan, level, normalise=explorer.normalise,
                                             scale=explorer.scale),
                                explorer.window if self.show_window else None, ylabel, errors)
+        stem = self.export_stem()
+        set_save_name(self.curves_plot.figure, f"{stem}_{self.save_names[0]}")
+        set_save_name(self.stack_plot.figure, f"{stem}_{self.save_names[1]}")
         self._stats.object = self.summary()
 
     def summary(self) -> str:
@@ -272,12 +346,36 @@ class SpectrumView(ScanView):
     """Jet mSD spectrum versus efficiency, the per-process stack and the selected yield.
 
     Controls: efficiency slider and player; absolute (events at the luminosity) or normalised;
-    log or linear; efficiency counted over all jets or over QCD jets; the save tool's format.
+    log or linear; efficiency counted over all jets or over QCD jets; the save tool's format;
+    the histogram export (:meth:`histogram_file`) and the publication figure
+    (:meth:`figure_file`), each in the format chosen beside its button.
     """
+
+    histogram_format = param.Selector(default="ROOT", objects=list(HISTOGRAM_FORMATS),
+                                      doc="What 'Export histograms' writes.")
+    figure_format = param.Selector(default="PDF", objects=list(FIGURE_FORMATS),
+                                   doc="What 'Publication figure' writes.")
 
     def __init__(self, explorer=None, **params):
         super().__init__(explorer, **params)
         explorer = self.explorer
+        self._histogram_buttons = ToggleGroup.from_param(self.param.histogram_format, name="",
+                                                         css_classes=["histogram-format"])
+        self._histogram_download = pn.widgets.FileDownload(
+            callback=self._histogram_download_file, filename="histograms.root",
+            label="Export histograms", color="primary", width=160,
+            css_classes=["histogram-download"])
+        self._figure_buttons = ToggleGroup.from_param(self.param.figure_format, name="",
+                                                      css_classes=["figure-format"])
+        self._figure_download = pn.widgets.FileDownload(
+            callback=self._figure_download_file, filename="figure.pdf",
+            label="Publication figure", color="primary", width=160,
+            css_classes=["figure-download"])
+        self._export_error = text_message("", "danger", visible=False,
+                                          css_classes=["export-error"])
+        self.param.watch(self._check_exports, ["histogram_format"])
+        explorer.param.watch(self._check_exports, ["scan"])
+        self._check_exports()
         self._slider, self._player = efficiency_widgets(explorer)
         self._mode = ToggleGroup.from_param(explorer.param.normalise, name="",
                                             options={"absolute": False, "normalised": True})
@@ -296,7 +394,7 @@ class SpectrumView(ScanView):
         self._luminosity.param.watch(self._on_luminosity_input, "value")
         explorer.param.watch(self._show_luminosity, "luminosity")
         self._format = ToggleGroup.from_param(self.param.export_format, name="",
-                                              options=["PNG", "SVG"])
+                                              options=["PNG", "SVG"], css_classes=["save-format"])
         self._jets = ToggleGroup.from_param(
             explorer.param.jets, name="", options={"all jets": "all", "leading jet": "leading"},
             disabled=not (explorer.ready and explorer.dataset.has("jet_rank")))
@@ -331,6 +429,105 @@ class SpectrumView(ScanView):
     def _show_luminosity(self, event) -> None:
         if self._luminosity.value != event.new:
             self._luminosity.value = event.new
+
+    # --- exports ------------------------------------------------------------------------------
+    def export_scan(self) -> EfficiencyScan:
+        """The session's jet scan in events at the chosen luminosity (the dataset's weights
+        times :attr:`~app.explorer.Explorer.scale`)."""
+        return self.explorer.scan.scaled(self.explorer.scale)
+
+    def export_metadata(self) -> dict:
+        """What the exported histograms were made from, for their files' metadata: the
+        discriminant (name and definition), the dataset's file name, the luminosity (fb^-1;
+        None for an unweighted dataset), what the efficiency counts, all or leading jets."""
+        explorer = self.explorer
+        return {"discriminant": explorer.discriminant.name,
+                "discriminant_definition": explorer.discriminant.to_dict(),
+                "dataset": explorer.dataset.path.name,
+                "luminosity_fb": explorer.luminosity if explorer.weighted else None,
+                "efficiency_reference": efficiency_reference(explorer),
+                "jets": explorer.jets, "sophon_version": SOPHON_VERSION}
+
+    def histogram_file(self, histogram_format: str | None = None) -> tuple[str, bytes]:
+        """(file name, contents) of the histograms shown, in ``histogram_format`` (one of
+        :data:`HISTOGRAM_FORMATS`; default: the chosen one): the stack at the chosen efficiency
+        and the spectrum at every efficiency (:func:`sophon.histograms.write_histograms` with
+        ``every_level``), in events at the chosen luminosity."""
+        suffix = HISTOGRAM_FORMATS[histogram_format or self.histogram_format]
+        name = f"{self.export_stem()}{suffix}"
+        scan, level, metadata = self.export_scan(), self.explorer.level, self.export_metadata()
+        return name, written_bytes(name, lambda path: write_histograms(
+            scan, level, path, metadata=metadata, every_level=True))
+
+    def figure_file(self, figure_format: str | None = None) -> tuple[str, bytes]:
+        """(file name, contents) of the publication figure of what is shown
+        (:func:`sophon.figures.spectrum_figure`: the spectrum at every efficiency and the stack
+        at the chosen one, at the chosen luminosity, normalised or not, log or linear), in
+        ``figure_format`` (one of :data:`FIGURE_FORMATS`; default: the chosen one)."""
+        explorer = self.explorer
+        suffix = FIGURE_FORMATS[figure_format or self.figure_format]
+        name = f"{self.export_stem()}{suffix}"
+        figure = spectrum_figure(
+            self.export_scan(), explorer.level, discriminant=explorer.discriminant,
+            luminosity_fb=explorer.luminosity if explorer.weighted else None,
+            reference=efficiency_reference(explorer), normalise=explorer.normalise,
+            log=explorer.log_y)
+        title = (f"{explorer.discriminant.name}: jet mass spectra versus efficiency and the "
+                 f"stack at efficiency {efficiency_label(EFFICIENCIES[explorer.level])} of "
+                 f"{efficiency_reference(explorer)}, {explorer.dataset.path.name}")
+        return name, written_bytes(name, lambda path: save_figure(figure, path, title=title))
+
+    def _download(self, make: Callable[[], tuple[str, bytes]],
+                  button: pn.widgets.FileDownload) -> io.BytesIO:
+        """A FileDownload callback: the file ``make`` gives, named on ``button`` before Panel
+        reads the name (the same click downloads it, under the name of what is shown now)."""
+        try:
+            name, data = make()
+        except (MissingExtraError, OSError, ValueError) as error:
+            log.exception("export from the spectrum view failed")
+            self._export_error.object = message_html(f"Export failed: {error}",
+                                                     "export-error-text")
+            self._export_error.visible = True
+            raise
+        self._export_error.visible = False
+        button.filename = name
+        return io.BytesIO(data)
+
+    def _histogram_download_file(self) -> io.BytesIO:
+        return self._download(self.histogram_file, self._histogram_download)
+
+    def _figure_download_file(self) -> io.BytesIO:
+        return self._download(self.figure_file, self._figure_download)
+
+    def _check_exports(self, *events) -> None:
+        """Offer only the exports that can be made: a scan to export, and the extras they need
+        (ROOT files: uproot; figures: matplotlib), else say what to install."""
+        no_scan = self.explorer.scan is None
+        histogram_problem = _missing(_ROOT_NEEDS) if self.histogram_format == "ROOT" else ""
+        figure_problem = _missing(_FIGURE_NEEDS)
+        self._histogram_download.disabled = no_scan or bool(histogram_problem)
+        self._figure_download.disabled = no_scan or bool(figure_problem)
+        problems = "\n".join(p for p in (histogram_problem, figure_problem) if p)
+        self._export_error.object = message_html(problems, "export-error-text")
+        self._export_error.visible = bool(problems)
+
+    def exports(self) -> pn.viewable.Viewable:
+        """The export buttons, each with its format."""
+        return pn.Column(pn.FlexBox(
+            pn.Column(pn.pane.HTML("<small>histograms (stack and every efficiency)</small>",
+                                   margin=(0, 5)),
+                      pn.Row(self._histogram_buttons, self._histogram_download)),
+            pn.Column(pn.pane.HTML("<small>publication figure (mplhep style)</small>",
+                                   margin=(0, 5)),
+                      pn.Row(self._figure_buttons, self._figure_download)),
+            sizing_mode="stretch_width"), self._export_error,
+            sizing_mode="stretch_width", css_classes=["spectrum-exports"])
+
+    def __panel__(self):
+        view = super().__panel__()
+        if self.explorer.ready:
+            view.append(self.exports())
+        return view
 
     def controls(self):
         return pn.Column(pn.FlexBox(  # wraps on a narrow screen
