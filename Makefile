@@ -56,12 +56,13 @@ bench: install
 
 # Rebuild the embedded default dataset from scratch with the model $(DEFAULT_MODEL) (made by
 # `make model`): a two-million-event SM sample (resumable), scored, thinned to the storage budget
-# and embedded. Intermediate files go to $(WORK). Design and timings: docs/default_dataset.md.
+# and embedded; the manifest records each rewrite of the shipped file (loading verifies it).
+# Intermediate files go to $(WORK). Design and timings: docs/default_dataset.md.
 WORK          ?= build/default
 DEFAULT_MODEL ?= data/models/sophon-small-v2.pt
 SM_EVENTS     ?= 2000000
 SM_PROCESSES  ?= QCD=0.88,W+jets=0.035,Z+jets=0.035,ttbar=0.03,single top=0.006,diboson=0.007,Higgs=0.007
-THIN_KEEP     ?= 0.1
+THIN_KEEP     ?= 0.45
 default: install
 	$(BIN)/sophon generate sm --events $(SM_EVENTS) --seed 8 --no-mpi --lumi 138 --bias-power 1.5 \
 	  --processes "$(SM_PROCESSES)" -o $(WORK)/sm
@@ -69,7 +70,9 @@ default: install
 	$(BIN)/sophon package $(WORK)/scored -o data/default/sm.parquet --model $(DEFAULT_MODEL) \
 	  --constituents $(WORK)/sm/SM.parquet --constituent-jets 1500 --latent-codes \
 	  --protect-efficiency 1e-3 --thin-keep $(THIN_KEEP) --seed 0
+	$(BIN)/sophon manifest record data/default/sm.parquet
 	$(BIN)/sophon embed data/default --seed 0
+	$(BIN)/sophon manifest record data/default/sm.parquet
 
 # The next default model (docs/training.md): 8 x 210,000 training events (2.1 M selected jets) and
 # an independent test sample, then training in resumable runs of at most $(MINUTES) minutes, then
@@ -94,5 +97,6 @@ model: install
 	  --config $(CONFIG) --device $(DEVICE) --epochs 18 --samples-per-epoch 150000 \
 	  --validation-fraction 0.02 --seed 0 --state $(MODEL_WORK)/state.pt --max-minutes $(MINUTES) \
 	  $$(test -f $(MODEL_WORK)/state.pt && echo --resume $(MODEL_WORK)/state.pt)
+	$(BIN)/sophon manifest record data/models/$(MODEL_NAME).pt
 	$(BIN)/sophon evaluate data/models/$(MODEL_NAME).pt $(MODEL_WORK)/test/*.parquet \
 	  --device $(DEVICE) -o $(MODEL_WORK)/evaluation.json

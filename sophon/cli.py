@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "sophon.synthetic",
     "sophon.packaging",
     "sophon.delphes",
+    "sophon.manifest",
 )
 #: the app's server script, reached by name when ``sophon serve`` runs (the library itself
 #: imports nothing from the app)

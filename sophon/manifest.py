@@ -11,8 +11,10 @@ the same mtime.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from pathlib import Path
 import yaml
 
 __all__ = ["ManifestError", "ManifestEntry", "load_manifest", "sha256_file", "verify",
-           "verify_path", "verify_listed", "shipped_root", "PACKAGED_ROOT", "SHIPPED_ROOT",
+           "verify_path", "verify_listed", "record", "register_cli", "shipped_root", "PACKAGED_ROOT", "SHIPPED_ROOT",
            "REPOSITORY_ROOT", "DEFAULT_MANIFEST", "DEFAULT_DATASET", "DEFAULT_MODELS"]
 
 #: where an installed wheel keeps the shipped files (setup.py copies ``data_manifest.yaml`` and
@@ -182,3 +184,59 @@ def verify_path(path: str | os.PathLike, manifest: str | os.PathLike = DEFAULT_M
         if file == target or target in file.parents:
             checked.append(verify(entry, root))
     return checked
+
+
+def record(path: str | os.PathLike, manifest: str | os.PathLike = DEFAULT_MANIFEST,
+           root: str | os.PathLike = SHIPPED_ROOT) -> ManifestEntry | None:
+    """Write the size and sha256 of the rebuilt shipped file ``path`` into its manifest entry
+    (the rebuild recipes, ``make default`` and ``make model``, call it after each step that
+    rewrites a shipped file, since loading verifies it). Only the entry's ``size:`` and
+    ``sha256:`` lines change: comments, descriptions and commands stay as written. Returns the
+    updated entry, or None when the manifest does not list ``path`` (a file it need not know)."""
+    from sophon.atomic import atomic_output
+
+    manifest, root, target = Path(manifest), Path(root).resolve(), Path(path).resolve()
+    entry = next((e for e in load_manifest(manifest) if (root / e.path).resolve() == target),
+                 None)
+    if entry is None:
+        return None
+    lines = manifest.read_text().splitlines(keepends=True)
+    path_line = next(i for i, line in enumerate(lines)
+                     if re.fullmatch(rf"\s*-?\s*path:\s*{re.escape(entry.path)}\s*", line))
+    entry_starts = [i for i, line in enumerate(lines) if re.match(r"\s*-\s", line)]
+    first = max((i for i in entry_starts if i <= path_line), default=path_line)
+    last = min((i for i in entry_starts if i > path_line), default=len(lines))
+    size, digest = target.stat().st_size, sha256_file(target)
+    values = {"size": str(size), "sha256": digest}
+    found = []
+    for i in range(first, last):
+        match = re.match(r"(\s*-?\s*)(size|sha256):", lines[i])
+        if match:
+            lines[i] = f"{match.group(1)}{match.group(2)}: {values[match.group(2)]}\n"
+            found.append(match.group(2))
+    if sorted(found) != ["sha256", "size"]:
+        raise ManifestError(f"{manifest}: the entry of {entry.path} has no single size and "
+                            f"sha256 line to update (found {found})")
+    with atomic_output(manifest) as temporary:
+        temporary.write_text("".join(lines))
+    return next(e for e in load_manifest(manifest) if e.path == entry.path)
+
+
+def _main(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        entry = record(path)
+        if entry is None:
+            print(f"{path}: not listed in {DEFAULT_MANIFEST.name}; nothing recorded")
+        else:
+            print(f"{path}: recorded {entry.size} bytes, sha256 {entry.sha256[:12]}... in "
+                  f"{DEFAULT_MANIFEST.name} ({entry.name})")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "manifest", help="record the size and sha256 of rebuilt shipped files in "
+                         "data_manifest.yaml (the rebuild recipes run it)")
+    parser.add_argument("action", choices=["record"], help="what to do")
+    parser.add_argument("paths", nargs="+", type=Path, help="shipped files that were rebuilt")
+    parser.set_defaults(handler=_main)

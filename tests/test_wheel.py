@@ -397,7 +397,7 @@ def test_sophon_serve_serves_the_packaged_default(installed, work):
         assert len(dataset_header) == 1, [t[:200] for t in strings if "ataset" in t]
         assert dataset_header[0].startswith(
             f"Dataset: <b>{installed.shipped('data', 'default')}</b> · ")
-        assert "model sophon-small.pt@sha256:" in dataset_header[0]
+        assert "model sophon-small-v2.pt@sha256:" in dataset_header[0]  # the default's scores
         assert any(f"<span class='sophon-version'" in t and f">v{__version__}</span>" in t
                    for t in strings)
     finally:
