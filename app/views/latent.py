@@ -15,7 +15,9 @@ that jet's category code, whose hover maps the code to its name and shows nothin
 pixel (HoloViews' own selector hover asks the server for each position and shows
 ``undefined``, or the previous pixel's category, until it answers). The live selection is drawn
 by the view (a dashed outline from the explorer's selection), not left to the select tools'
-overlays: it goes with "Clear selection" and stays when the colouring changes.
+overlays: it goes with "Clear selection" and stays when the colouring changes. The outline is a
+Bokeh line on the figure, fed by one data source the view updates in place (an overlaid
+DynamicMap would make HoloViews shade every jet again for each new selection).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import pandas as pd
 import panel as pn
 import param
 import polars as pl
-from bokeh.models import BoxSelectTool, CustomJS, CustomJSHover, HoverTool, LassoSelectTool
+from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, CustomJSHover, HoverTool,
+                          LassoSelectTool)
 
 from sophon.analysis import DatasetAnalysis, selection_frame
 from sophon.discriminant import Discriminant
@@ -165,44 +168,57 @@ def _category_hover(label: str, names: list[str]) -> HoverTool:
                      filters={"@image": keep}, description="hover names the category")
 
 
-def selection_outline(shape) -> hv.Path:
-    """The outline of a latent selection ``shape``: ``("box", (x0, y0, x1, y1))`` or
-    ``("lasso", ((x, y), ...))``; an empty path for None."""
+def selection_outline(shape) -> dict[str, list[float]]:
+    """The closed outline of a latent selection ``shape``, ``("box", (x0, y0, x1, y1))`` or
+    ``("lasso", ((x, y), ...))``, as the data of a line (``{"x": [...], "y": [...]}``, UMAP
+    units); empty lists for None."""
     if shape is None:
-        return hv.Path([])
+        return {"x": [], "y": []}
     kind, geometry = shape
     if kind == "box":
         x0, y0, x1, y1 = (float(v) for v in geometry)
-        vertices = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+        vertices = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
     else:
         vertices = [tuple(map(float, v)) for v in geometry]
-        vertices.append(vertices[0])
-    return hv.Path([vertices])
+    vertices.append(vertices[0])
+    return {"x": [x for x, _ in vertices], "y": [y for _, y in vertices]}
 
 
-_OUTLINE_STYLE = dict(color=SELECTION_COLOR, line_width=2.0, line_dash="dashed")
+_OUTLINE_STYLE = dict(line_color=SELECTION_COLOR, line_width=2.0, line_dash="dashed")
+_OUTLINE_NAME = "selection-outline"
+
+
+def _outline_hook(source: ColumnDataSource):
+    """A HoloViews plot hook that draws ``source`` as the selection's outline on the figure,
+    once per figure (hooks run again on every update)."""
+    def hook(plot, element) -> None:
+        figure = plot.state
+        if not any(renderer.name == _OUTLINE_NAME for renderer in figure.renderers):
+            figure.line("x", "y", source=source, name=_OUTLINE_NAME, **_OUTLINE_STYLE)
+    return hook
 
 
 def latent_plot(data: LatentData, kind: str, points=None, *, height: int = 480,
-                hover: bool = True, outline=None, streams=()):
+                hover: bool = True, outline: ColumnDataSource | None = None, streams=()):
     """The datashaded latent plot coloured by ``kind`` (every jet drawn, no point cap), with
     box and lasso selection tools. ``points``: the D-coloured points (a DynamicMap following the
-    discriminant) when ``kind == "D"``; ``outline``: a DynamicMap of the selection's outline
-    (:func:`selection_outline`) drawn on top; ``streams``: the selection streams (BoundsXY,
+    discriminant) when ``kind == "D"``; ``outline``: the data source of the selection's outline
+    (:func:`selection_outline`), drawn on top; ``streams``: the selection streams (BoundsXY,
     Lasso), linked to the datashaded layer (HoloViews links none to an overlay of layers)."""
     # the tools' own overlays go when a gesture ends: the view draws the selection (outline)
     tools = [BoxSelectTool(persistent=False), LassoSelectTool(persistent=False)]
     common = dict(responsive=True, min_height=height, xlabel="UMAP x", ylabel="UMAP y",
                   active_tools=["box_select", "wheel_zoom"],
                   title="Latent space (UMAP of the 128-d latent)", toolbar="above",
-                  xlim=data.x_range, ylim=data.y_range)
+                  xlim=data.x_range, ylim=data.y_range,
+                  hooks=[] if outline is None else [_outline_hook(outline)])
     if kind == "D":
         plot = _shade(points, kind, data).opts(
             cmap="viridis", colorbar=True, clim=(0, 1), clabel="mean D", tools=["hover", *tools],
             hover_tooltips=[("mean D", "@image{0.000}")], **common)
         for stream in streams:
             stream.source = plot
-        return plot if outline is None else (plot * outline.opts(**_OUTLINE_STYLE))
+        return plot
     frame, names = data.categorical(kind)
     label = {value: name for name, value in COLOR_OPTIONS.items()}[kind]
     plot = _shade(hv.Points(frame, ["x", "y"], [kind]), kind, data, hover=hover).opts(
@@ -213,7 +229,7 @@ def latent_plot(data: LatentData, kind: str, points=None, *, height: int = 480,
         codes = plot.apply(_category_codes, kind=kind, data=data).opts(
             alpha=0, colorbar=False, cmap="gray", tools=[_category_hover(label, names)])
         plot = plot * codes
-    return plot if outline is None else (plot * outline.opts(**_OUTLINE_STYLE))
+    return plot
 
 
 # --- the selected jets ------------------------------------------------------------------------
@@ -363,7 +379,7 @@ class LatentView(ExplorerView):
         self.table = SelectionTable(explorer)
         self.streams: list[hv.streams.Stream] = []
         self._shape = None  # the last drawn selection (when the explorer keeps no shape)
-        self._outline = None  # the outline stream of the current plot
+        self._outline = ColumnDataSource(selection_outline(None))  # drawn on every plot
         if not explorer.has_latent:
             return
         self.data = latent_data(explorer.analysis)
@@ -403,15 +419,13 @@ class LatentView(ExplorerView):
                 hv.streams.Params(self.explorer, ["discriminant"])])
         else:
             points = None
-        self._outline = hv.streams.Stream.define("Outline", shape=None)(
-            shape=self.selection_shape())
-        outline = hv.DynamicMap(selection_outline, streams=[self._outline])
+        self._update_outline()
         box, lasso = hv.streams.BoundsXY(), hv.streams.Lasso()
         box.add_subscriber(self._on_box)
         lasso.add_subscriber(self._on_lasso)
         self.streams = [box, lasso]
         return latent_plot(self.data, self.color_by, points, height=self.plot_height,
-                           hover=self.hover, outline=outline, streams=self.streams)
+                           hover=self.hover, outline=self._outline, streams=self.streams)
 
     def _build(self, *events) -> None:
         for stream in self.streams:
@@ -440,8 +454,7 @@ class LatentView(ExplorerView):
         return self._shape
 
     def _update_outline(self, *events) -> None:
-        if self._outline is not None:
-            self._outline.event(shape=self.selection_shape())
+        self._outline.data = selection_outline(self.selection_shape())
 
     def _on_box(self, bounds=None, **_) -> None:
         if bounds is None:
