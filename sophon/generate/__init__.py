@@ -24,6 +24,7 @@ Command line::
 
     sophon generate training --events 20000 --seed 1 -o data/train
     sophon generate sm --events 20000 --seed 1 --lumi 138 -o data/sm
+    sophon extend-sm data/sm/SM.parquet data/qcd300/SM.parquet -o data/combined/SM.parquet
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ require_all("generate", "sophon.generate (event generation with Pythia 8 and Fas
 
 from sophon.generate.driver import (  # noqa: E402
     GenerationReport, generate_sm, generate_training, plan_sm, plan_training, run_chunks)
+from sophon.generate import extend  # noqa: E402
 from sophon.generate.events import GenerationError  # noqa: E402
 from sophon.generate.pipeline import ChunkSpec, JetSelection, run_chunk  # noqa: E402
 from sophon.generate.settings import SM_PROCESSES, TRAINING_PARTS  # noqa: E402
@@ -112,7 +114,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    """Add ``sophon generate {training,sm}``."""
+    """Add ``sophon generate {training,sm}`` and ``sophon extend-sm``
+    (:mod:`sophon.generate.extend`)."""
     parser = subparsers.add_parser(
         "generate", help="generate jets with Pythia 8 + FastJet in the JetClass-II schema",
         description="Generate a mini JetClass-II training sample or a weighted SM sample "
@@ -146,3 +149,4 @@ def register_cli(subparsers) -> None:
                     help="oversample high pTHat as pTHat^power, with compensating weights "
                          "(default 4; 0 for unweighted events)")
     parser.set_defaults(handler=_run)
+    extend.register_cli(subparsers)

@@ -1,0 +1,94 @@
+"""sophon extend-sm: an SM sample combined with an extension from a higher pTHat, on toy samples
+whose true cross-sections are known (dsigma/dpTHat proportional to pTHat^-5, generated with the
+same pTHat^k bias as Pythia's bias2Selection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("pythia8mc")  # sophon.generate needs the generate extra
+
+from sophon.generate.extend import extend_sm, overlap_scale  # noqa: E402
+from sophon.generate.writer import with_metadata, write_table_atomic  # noqa: E402
+
+POWER, LOW, HIGH = 1.5, 200.0, 300.0
+SPECTRUM = 5.0  # dsigma/dp ~ p^-5
+TRUE_EVENTS = 1e6  # expected events above LOW in the luminosity
+
+
+def _true_events_above(p: float) -> float:
+    return TRUE_EVENTS * (p / LOW) ** (1.0 - SPECTRUM)
+
+
+def _toy(path, n_events: int, pt_hat_min: float, seed: int, event_ids_from: int = 0):
+    """``n_events`` events of one QCD-like process from ``pt_hat_min``, weighted as the SM
+    generator weights them; returns their pTHat."""
+    rng = np.random.default_rng(seed)
+    # biased generation: density ~ p^-SPECTRUM (p / pt_hat_min)^POWER
+    pt_hat = pt_hat_min * rng.random(n_events) ** (-1.0 / (SPECTRUM - 1.0 - POWER))
+    event_weight = (pt_hat_min / pt_hat) ** POWER
+    scale = _true_events_above(pt_hat_min) / event_weight.sum()
+    table = pa.table({"event_id": np.arange(n_events) + event_ids_from,
+                      "jet_rank": np.zeros(n_events, dtype=np.int8),
+                      "process": ["QCD"] * n_events, "weight": event_weight * scale})
+    metadata = {"luminosity_fb": 138.0, "bias_power": POWER, "ecm_gev": 13000.0, "mpi": False,
+                "selection": {"pt_min": 200.0}, "trigger": "toy", "pt_hat_min_gev": pt_hat_min,
+                "seed": seed, "n_events": n_events, "chunks": [],
+                "processes": {"QCD": {"weight_per_unit_event_weight": scale}}}
+    write_table_atomic(with_metadata(table, metadata, luminosity_fb=138.0), path)
+    return pt_hat
+
+
+def test_the_combination_is_unbiased_and_more_precise_above_the_extensions_pt_hat(tmp_path):
+    base_pt_hat = _toy(tmp_path / "base.parquet", 200_000, LOW, seed=1)
+    extension_pt_hat = _toy(tmp_path / "extension.parquet", 100_000, HIGH, seed=2)
+    report = extend_sm(tmp_path / "base.parquet", tmp_path / "extension.parquet",
+                       tmp_path / "combined" / "SM.parquet", batch_rows=30_000)
+    import pyarrow.parquet as pq
+
+    combined = pq.read_table(report.path)
+    assert combined.num_rows == 300_000 and report.base_jets == 200_000
+    weight = combined["weight"].to_numpy()
+    pt_hat = np.concatenate([base_pt_hat, extension_pt_hat])
+    ids = combined["event_id"].to_numpy()
+    assert len(np.unique(ids)) == len(ids)  # extension ids follow the base's
+
+    # every event above HIGH, of either sample, weighs 1 / (1/w_base(p) + 1/w_ext(p))
+    base_meta, ext_meta = (pq.read_schema(tmp_path / f).metadata for f in
+                           ("base.parquet", "extension.parquet"))
+    import json
+    c_base = json.loads(base_meta[b"sophon.generate"])["processes"]["QCD"][
+        "weight_per_unit_event_weight"]
+    c_ext = json.loads(ext_meta[b"sophon.generate"])["processes"]["QCD"][
+        "weight_per_unit_event_weight"]
+    above = pt_hat >= HIGH
+    expected = 1.0 / (1.0 / (c_base * (LOW / pt_hat) ** POWER)
+                      + 1.0 / (c_ext * (HIGH / pt_hat) ** POWER))
+    np.testing.assert_allclose(weight[above], expected[above], rtol=1e-9)
+    base_weight = pq.read_table(tmp_path / "base.parquet")["weight"].to_numpy()
+    np.testing.assert_array_equal(weight[:200_000][~above[:200_000]],
+                                  base_weight[~above[:200_000]])  # below: untouched
+    assert report.ratios["QCD"] == pytest.approx(
+        overlap_scale(json.loads(base_meta[b"sophon.generate"]),
+                      json.loads(ext_meta[b"sophon.generate"]), "QCD"))
+
+    # unbiased: the expected events above several thresholds, within 4 standard deviations
+    for threshold in (LOW, HIGH, 400.0, 600.0):
+        passing = pt_hat >= threshold
+        estimate = weight[passing].sum()
+        error = np.sqrt((weight[passing] ** 2).sum())
+        assert abs(estimate - _true_events_above(threshold)) < 4 * error, threshold
+        if threshold >= HIGH:  # and more precise than the base alone (Kish's count grows)
+            alone = base_weight[base_pt_hat >= threshold]
+            assert (weight[passing].sum() ** 2 / (weight[passing] ** 2).sum()
+                    > 2 * alone.sum() ** 2 / (alone ** 2).sum())
+
+
+def test_incompatible_samples_are_refused_by_name(tmp_path):
+    _toy(tmp_path / "base.parquet", 1000, LOW, seed=1)
+    _toy(tmp_path / "lower.parquet", 1000, 150.0, seed=2)
+    with pytest.raises(ValueError, match=r"lower\.parquet: pTHatMin 150.0 GeV must be above"):
+        extend_sm(tmp_path / "base.parquet", tmp_path / "lower.parquet", tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
