@@ -194,9 +194,11 @@ class Explorer(param.Parameterized):
 
     def __init__(self, **params):
         super().__init__(**params)
-        # a new discriminant's signal: after every other watcher (param.depends watchers run at
-        # precedence -1), so the page shows the discriminant first (see target_signal)
-        self.param.watch(lambda event: self.target_signal(), ["discriminant"], precedence=100)
+        # a new discriminant's signal and significance: after every other watcher
+        # (param.depends watchers run at precedence -1), so the page shows the discriminant
+        # first (see target_signal)
+        self.param.watch(self._significance_follows_discriminant, ["discriminant"],
+                         precedence=100)
 
     # --- watchers -------------------------------------------------------------------------
     @param.depends("efficiency", watch=True)
@@ -265,7 +267,16 @@ class Explorer(param.Parameterized):
         else:
             self._update_significance()
 
-    @param.depends("discriminant", "window", watch=True)
+    def _significance_follows_discriminant(self, event=None) -> None:
+        """The significance of a new discriminant, computed once: for its target signal when
+        that changes the signal (the new window then recomputes it), else for the signal as
+        it is."""
+        signal = self.signal
+        self.target_signal()
+        if self.signal == signal:
+            self._update_significance()
+
+    @param.depends("window", watch=True)
     def _update_significance(self):
         if self.analysis is None or self.signal is None:
             return
