@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import panel as pn
 from bokeh.models import (BasicTicker, ColumnDataSource, CustomJSTickFormatter, HoverTool,
-                          Legend, LegendItem, LinearScale, LogScale, LogTicker, SaveTool, Span)
+                          Legend, LegendItem, LinearScale, LogScale, LogTicker, Range1d, SaveTool,
+                          Span)
 from bokeh.core.properties import value
 from bokeh.palettes import Category10_10, Plasma256
 from bokeh.plotting import figure
@@ -308,6 +309,10 @@ class StackPlot:
         self.order = sorted(range(len(self.names)), key=lambda i: (self.names[i] != "QCD", i))
         self.figure = new_figure(title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y,
                                  export_format=export_format, height=height)
+        # the y range is set by update (from the floor or 0 to above the highest bin), never
+        # computed by the browser: a DataRange1d keeps the start and end it had when it was
+        # first drawn, so in a notebook's output a log range outlived the switch to linear
+        self.figure.y_range = Range1d(*self._empty_range())
         columns = {"x": []}
         for i in range(len(self.names)):
             columns[f"lower{i}"] = []
@@ -345,6 +350,10 @@ class StackPlot:
         self.log_y = log_y
         set_log_y(self.figure, log_y)
 
+    def _empty_range(self) -> tuple[float, float]:
+        """The y range while nothing is stacked."""
+        return (1.0, 10.0) if self.log_y else (0.0, 1.0)
+
     def update(self, edges: np.ndarray, stack: np.ndarray,
                window: tuple[float, float] | None = None, ylabel: str | None = None,
                errors: np.ndarray | None = None) -> None:
@@ -374,12 +383,13 @@ class StackPlot:
             if self.log_y:
                 lower = np.maximum(lower, floor) if floor > 0 else _for_log(lower, True)
             self.error_source.data = {"x": x, "lower": lower, "upper": upper}
-        if top > 0:  # the range: from the floor (log) or 0 to above the highest bin
-            y_range = self.figure.y_range
-            if self.log_y:
-                y_range.update(start=floor, end=top * 2.5)
-            else:
-                y_range.update(start=0.0, end=top * 1.05)
+        # the range: from the floor (log) or 0 to above the highest bin; the reset tool returns
+        # here, not to the range of the first drawing
+        if top > 0:
+            start, end = (floor, top * 2.5) if self.log_y else (0.0, top * 1.05)
+        else:
+            start, end = self._empty_range()
+        self.figure.y_range.update(start=start, end=end, reset_start=start, reset_end=end)
         if window is not None:
             low, high = float(window[0]), float(window[1])
             self.window_low.update(location=low, visible=True)

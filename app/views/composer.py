@@ -222,7 +222,7 @@ class ComposerView(ExplorerView):
 
         self._preset.param.watch(self._on_preset, "value")
         self._add.on_click(lambda event: self.add_term("", 1.0, ""))
-        self.explorer.param.watch(self._on_external, "discriminant")
+        self.watch_explorer(self._on_external, "discriminant")
         self.load(self.explorer.discriminant)
 
         self._layout = pn.Column(

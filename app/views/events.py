@@ -34,7 +34,7 @@ class EventView(ScanView):
         self._slider, self._player = efficiency_widgets(self.explorer)
         self._note = pn.pane.Markdown("", sizing_mode="stretch_width",
                                       styles={"font-size": "0.9em"})
-        self.explorer.param.watch(self._update_note, ["discriminant"])
+        self.watch_explorer(self._update_note, ["discriminant"])
         self._update_note()
 
     def _update_note(self, *events) -> None:

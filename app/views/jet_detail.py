@@ -84,7 +84,7 @@ class JetDetailView(ExplorerView):
         self._classes = pn.pane.HoloViews(height=230, sizing_mode="stretch_width")
         self._particles = pn.pane.HoloViews(height=380, sizing_mode="stretch_width")
         self._note = pn.pane.HTML("", sizing_mode="stretch_width")
-        explorer.param.watch(self.refresh, ["jet", "discriminant"])
+        self.watch_explorer(self.refresh, ["jet", "discriminant"])
         self.refresh()
 
     def _on_index(self, event) -> None:

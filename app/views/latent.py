@@ -44,7 +44,8 @@ from sophon.labels import LABELS, N_CLASSES, TRUTH_GROUP_OF_CLASS, TRUTH_GROUPS
 
 from app.plots import SELECTION_COLOR, category_colors
 from app.state import shared
-from app.views.base import ExplorerView, in_document_lock, message, problem_message
+from app.views.base import (ExplorerView, in_document_lock, message, problem_message,
+                            push_to_notebook)
 from app.views.jet_detail import stored_constituents
 
 __all__ = ["LatentView", "LatentData", "SelectionTable", "latent_data", "jet_table",
@@ -290,7 +291,7 @@ class SelectionTable(ExplorerView):
         self._format.param.watch(self._on_format, "value")
         self._table.param.watch(self._on_row, "selection")
         self._rows = np.zeros(0, dtype=np.int64)
-        self.explorer.param.watch(self._reset, ["selection", "discriminant", "analysis"])
+        self.watch_explorer(self._reset, ["selection", "discriminant", "analysis"])
         self.param.watch(self.refresh, ["page", "page_size"])
         self.refresh()
 
@@ -399,10 +400,10 @@ class LatentView(ExplorerView):
         self._clear = pn.widgets.Button(label="Clear selection", width=130)
         self._clear.on_click(lambda e: in_document_lock(explorer.clear_selection))
         self.param.watch(self._build, ["color_by", "hover"])
-        explorer.param.watch(self._update_info, ["selection"])
-        explorer.param.watch(self._update_outline,
-                             [p for p in ("selection", "selection_shape") if p in explorer.param])
-        explorer.param.watch(self._on_analysis, ["analysis"])
+        self.watch_explorer(self._update_info, ["selection"])
+        self.watch_explorer(self._update_outline,
+                           [p for p in ("selection", "selection_shape") if p in explorer.param])
+        self.watch_explorer(self._on_analysis, ["analysis"])
         self._build()
         self._update_info()
 
@@ -455,6 +456,7 @@ class LatentView(ExplorerView):
 
     def _update_outline(self, *events) -> None:
         self._outline.data = selection_outline(self.selection_shape())
+        push_to_notebook(self._pane)
 
     def _on_box(self, bounds=None, **_) -> None:
         if bounds is None:

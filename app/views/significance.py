@@ -24,7 +24,7 @@ from sophon.stats import asimov_significance
 
 from app.plots import efficiency_label, format_number, new_figure
 from app.state import cached_result
-from app.views.base import ExplorerView, message, problem_message
+from app.views.base import ExplorerView, message, problem_message, push_to_notebook
 from app.views.spectrum import ToggleGroup
 
 __all__ = ["SignificanceView", "significance_values", "background_text"]
@@ -95,7 +95,7 @@ class SignificanceView(ExplorerView):
         self.source = ColumnDataSource({"efficiency": [], "s": [], "b": [], "z": []})
         self.best = ColumnDataSource({"efficiency": [], "z": []})
         self._make_figure()
-        explorer.param.watch(self.refresh, ["significance", "luminosity", "error", "signal"])
+        self.watch_explorer(self.refresh, ["significance", "luminosity", "error", "signal"])
         self.refresh()
 
     def _make_figure(self, *events) -> None:
@@ -153,6 +153,7 @@ class SignificanceView(ExplorerView):
         else:
             self.best.data = {"efficiency": [], "z": []}
             self._summary.object = "<div class='significance-text'>No signal in the window.</div>"
+        push_to_notebook(self._pane)
 
     def __panel__(self):
         if not self.explorer.ready:

@@ -41,7 +41,7 @@ from app.explorer import EFFICIENCIES, Explorer
 from app.plots import (CurvesPlot, StackPlot, efficiency_label, format_number, plot_row,
                        set_save_name)
 from app.views.base import (ExplorerView, file_name_part, message, message_html,
-                            problem_message, text_message)
+                            problem_message, push_to_notebook, text_message)
 from app.views.composer import in_document_lock
 
 __all__ = ["SpectrumView", "ScanView", "curve_values", "stack_values", "efficiency_widgets",
@@ -231,9 +231,9 @@ class ScanView(ExplorerView):
                        "show_errors"]
             if self.overlay_name:
                 watched.append(self.overlay_name)
-            self.explorer.param.watch(self.refresh, watched)
-            self.explorer.param.watch(self._build_figures, ["analysis"])
-            self.explorer.param.watch(self._on_log_y, ["log_y"])
+            self.watch_explorer(self.refresh, watched)
+            self.watch_explorer(self._build_figures, ["analysis"])
+            self.watch_explorer(self._on_log_y, ["log_y"])
             self.param.watch(self._on_format, ["export_format"])
 
     def _build_figures(self, *events) -> None:
@@ -310,6 +310,7 @@ class ScanView(ExplorerView):
         set_save_name(self.curves_plot.figure, f"{stem}_{self.save_names[0]}")
         set_save_name(self.stack_plot.figure, f"{stem}_{self.save_names[1]}")
         self._stats.object = self.summary()
+        push_to_notebook(self._curves_pane, self._stack_pane)
 
     def summary(self) -> str:
         explorer = self.explorer
@@ -374,7 +375,7 @@ class SpectrumView(ScanView):
         self._export_error = text_message("", "danger", visible=False,
                                           css_classes=["export-error"])
         self.param.watch(self._check_exports, ["histogram_format"])
-        explorer.param.watch(self._check_exports, ["scan"])
+        self.watch_explorer(self._check_exports, ["scan"])
         self._check_exports()
         self._slider, self._player = efficiency_widgets(explorer)
         self._mode = ToggleGroup.from_param(explorer.param.normalise, name="",
@@ -392,7 +393,7 @@ class SpectrumView(ScanView):
         self._luminosity_error = text_message("", "danger", visible=False,
                                               css_classes=["luminosity-error"])
         self._luminosity.param.watch(self._on_luminosity_input, "value")
-        explorer.param.watch(self._show_luminosity, "luminosity")
+        self.watch_explorer(self._show_luminosity, "luminosity")
         self._format = ToggleGroup.from_param(self.param.export_format, name="",
                                               options=["PNG", "SVG"], css_classes=["save-format"])
         self._jets = ToggleGroup.from_param(
