@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 ORIGIN ?=
 DATA   ?= data/default
 
-.PHONY: app test bench install chromium default model dist
+.PHONY: app test bench install chromium default model dist notebooks
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,14 @@ $(VENV)/.installed: pyproject.toml
 app: install
 	$(BIN)/python app/serve.py --host $(HOST) --port $(PORT) --data $(DATA) \
 	  $(if $(ORIGIN),--origin $(ORIGIN))
+
+# The workshop notebooks in JupyterLab, on this machine only (http://localhost:$(NB_PORT)/lab), with
+# .venv's interpreter as the kernel. JupyterLab is installed into .venv on first use (not by
+# `make install`: the tests need nbclient and nbconvert only).
+NB_PORT ?= 8888
+notebooks: install
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet 'jupyterlab>=4'
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NB_PORT) --ServerApp.root_dir=notebooks
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -40,7 +40,8 @@ from sophon.discriminant import cut_on_d  # noqa: E402
 from sophon.manifest import DEFAULT_DATASET  # noqa: E402
 
 __all__ = ["open_workshop_dataset", "workshop_model", "workshop_jets", "WorkshopJets",
-           "check_top_peak", "check_triboson", "event_significance",
+           "check_top_peak", "check_triboson", "check_triboson_selection",
+           "event_significance",
            "find_process", "spectrum_peak", "scan_table", "SYNTHETIC_JETS", "SYNTHETIC_SEED",
            "scratch_dir", "default_dataset_present", "delphes_example", "DELPHES_EXAMPLE",
            "REPOSITORY_ROOT", "DEFAULT_DATASET"]
@@ -126,36 +127,56 @@ def find_process(dataset, *candidates: str) -> str | None:
 
 
 def spectrum_peak(scan, level: int, processes=None) -> float:
-    """The mass (GeV, bin centre) of the fullest bin of ``scan``'s spectrum at ``level``."""
-    spectrum = scan.spectrum(level, processes)
-    return float(scan.binning.centers[int(np.argmax(spectrum))])
+    """The mass (GeV, bin centre) of the fullest bin of ``scan``'s spectrum at ``level``
+    (:meth:`~sophon.spectrum.EfficiencyScan.peak` has its events, MC error and effective jets)."""
+    return scan.peak(level, processes).mass
 
 
 def scan_table(scan, levels=None):
     """One row per efficiency level of an :class:`~sophon.spectrum.EfficiencyScan`: the cut on
-    ln(g_A/g_B) and on D, the jets passing, their weighted yield and where the spectrum peaks."""
+    ln(g_A/g_B) and on D, the jets passing, their effective number ((sum w)^2 / sum w^2), their
+    weighted yield, where the spectrum peaks, and that peak bin's events with their MC error
+    (sqrt of the sum of w^2) and effective jets: a peak of a few effective jets is a few jets."""
     import polars as pl
 
     levels = range(scan.n_levels) if levels is None else levels
     rows = []
     for level in levels:
         cut = float(scan.thresholds[level])
+        peak = scan.peak(level)
         rows.append({"efficiency": float(scan.efficiencies[level]), "cut ln(gA/gB)": cut,
                      "cut D": cut_on_d(cut), "jets": scan.selected_jets(level),
+                     "effective jets": round(scan.effective_jets(level), 1),
                      "yield": scan.selected_yield(level),
-                     "peak mSD [GeV]": spectrum_peak(scan, level)})
+                     "peak mSD [GeV]": peak.mass, "peak bin events": round(peak.events),
+                     "± MC": round(peak.error), "peak effective jets": round(peak.effective_jets, 1)})
     return pl.DataFrame(rows)
 
 
 # --- notebook 4: the model and a few jets with constituents -----------------------------------
 def _manifest_checkpoint() -> Path | None:
-    """The first model checkpoint (not ONNX) that ``data_manifest.yaml`` lists, verified."""
+    """The model checkpoint (not ONNX) of ``data_manifest.yaml`` that scored the default
+    dataset (its metadata names it), else the first one listed; verified. None when the
+    manifest lists no checkpoint."""
     from sophon.manifest import load_manifest, verify
 
-    for entry in load_manifest():
-        if entry.kind == "model" and not entry.path.endswith(".onnx"):
-            return verify(entry)
-    return None
+    checkpoints = [entry for entry in load_manifest()
+                   if entry.kind == "model" and not entry.path.endswith(".onnx")]
+    if not checkpoints:
+        return None
+    scored_by = ""
+    if default_dataset_present():
+        import pyarrow.parquet as pq
+
+        from sophon.store import read_metadata
+
+        default = Path(DEFAULT_DATASET)
+        first = default if default.is_file() else sorted(default.glob("*.parquet"))[0]
+        metadata = read_metadata(pq.read_schema(first))
+        scored_by = metadata.model_id.split("@")[0] if metadata is not None else ""
+    chosen = next((entry for entry in checkpoints if Path(entry.path).name == scored_by),
+                  checkpoints[0])
+    return verify(chosen)
 
 
 def workshop_model(seed: int = 7):
@@ -243,10 +264,17 @@ def workshop_jets(n_jets: int = 12, n_events: int = 24, seed: int = 11) -> Works
 # --- notebook 5: checks of the exercises ------------------------------------------------------
 def check_top_peak(analysis, discriminant, efficiency: float = 1e-3,
                    window: tuple[float, float] = (150.0, 200.0), enrichment: float = 5.0) -> bool:
-    """Does ``discriminant``, cut to keep ``efficiency`` of the QCD jets, select top jets? True when
-    the ttbar jets it keeps peak in the top-mass ``window`` and it enriches ttbar at least
-    ``enrichment``-fold (its share of the selected yield over its share before any cut). Also
-    prints where the summed spectrum peaks, which with a strong model is the top peak too.
+    """Does ``discriminant``, cut to keep ``efficiency`` of the QCD jets, show the top peak? True
+    when all three hold:
+
+    - the ttbar jets it keeps peak in the top-mass ``window`` (GeV),
+    - it enriches ttbar at least ``enrichment``-fold (ttbar's share of the selected yield over
+      its share before any cut),
+    - the summed spectrum of everything it keeps peaks in ``window``: the top peak stands out.
+
+    The plain X->bb tagger keeps some ttbar jets too, and those peak at the top mass, but what
+    it keeps in all peaks at the Z and Higgs masses: the third condition rejects it. Prints the
+    numbers, with the effective jets and MC error (sqrt of the sum of w^2) of the peak bin.
     Needs a ``ttbar`` process; False while ``discriminant`` is None."""
     if discriminant is None:
         print("Not answered yet: set `my_top` to a Discriminant and run this cell again.")
@@ -258,29 +286,28 @@ def check_top_peak(analysis, discriminant, efficiency: float = 1e-3,
     if top is None:
         print("This dataset has no ttbar process to check against.")
         return False
-    centers = scan.binning.centers
-    peak = spectrum_peak(scan, level)
-    top_peak = spectrum_peak(scan, level, [names.index(top)])
-    stack, before = scan.stack(level), scan.stack(0)
-    share = stack[names.index(top)].sum() / max(stack.sum(), 1e-300)
-    gain = share / max(before[names.index(top)].sum() / max(before.sum(), 1e-300), 1e-300)
-    inside = (centers >= window[0]) & (centers < window[1])
-    in_window = scan.spectrum(level)[inside].sum() / max(scan.spectrum(level).sum(), 1e-300)
+    peak = scan.peak(level)
+    top_peak = scan.peak(level, [names.index(top)])
+    after, before = scan.process_shares(level)[top], scan.process_shares(0)[top]
+    gain = after / before if before > 0 else 0.0
+    in_window = scan.window_yield(level, window)
     print(f"{discriminant.name!r} at {scan.efficiencies[level]:.2g} of the QCD jets: "
-          f"{scan.selected_jets(level):,} jets; the {top} jets it keeps peak at {top_peak:.0f} GeV "
-          f"and make {share:.0%} of the yield ({gain:.0f} times their share before the cut); the "
-          f"summed spectrum peaks at {peak:.0f} GeV with {in_window:.0%} of the yield in "
-          f"[{window[0]:g}, {window[1]:g}] GeV.")
-    found = bool(window[0] <= top_peak < window[1] and gain >= enrichment)
-    if not found:
+          f"{scan.selected_jets(level):,} jets ({scan.effective_jets(level):,.1f} effective).\n"
+          f"  {top} jets: peak at {top_peak.mass:.0f} GeV, {after:.0%} of the yield "
+          f"({gain:.0f} times their share before the cut).\n"
+          f"  Everything kept: peak at {peak.mass:.0f} GeV, {peak}; "
+          f"[{window[0]:g}, {window[1]:g}] GeV holds {in_window.events / scan.selected_yield(level):.0%} "
+          f"of the yield.")
+    selects_tops = window[0] <= top_peak.mass < window[1] and gain >= enrichment
+    stands_out = window[0] <= peak.mass < window[1]
+    if not selects_tops:
         print("=> Not a top tagger yet: which classes hold t -> b W -> b q q'?")
-    elif window[0] <= peak < window[1]:
-        print("=> It selects top jets, and the top peak stands out of the summed spectrum.")
+    elif not stands_out:
+        print("=> It keeps top jets, but what it keeps in all peaks elsewhere: the top peak does "
+              "not stand out. Which classes does a top jet resemble, and which does it not?")
     else:
-        print("=> It selects top jets. The summed spectrum is still dominated by the QCD jets "
-              "that pass: this model's background rejection is not yet enough for the top peak "
-              "to stand out (see docs/default_dataset.md).")
-    return found
+        print("=> It selects top jets, and the top peak stands out of the summed spectrum.")
+    return bool(selects_tops and stands_out)
 
 
 def check_triboson(discriminant) -> bool:
@@ -310,6 +337,59 @@ def check_triboson(discriminant) -> bool:
               + (f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""))
         return False
     print("Same class weights, denominator and level as the paper's W'->WWW discriminant.")
+    return True
+
+
+def _event_shares(analysis, discriminant, efficiency: float):
+    """(process shares, effective events, events) of the events passing the event-level
+    ``discriminant`` at the event efficiency nearest ``efficiency``."""
+    scan = analysis.event_scan(discriminant)
+    level = scan.nearest_level(efficiency)
+    return scan.process_shares(level), scan.effective_jets(level), scan.selected_jets(level)
+
+
+def check_triboson_selection(analysis, discriminant, process: str | None, term: str | None,
+                             efficiency: float = 1e-4) -> bool:
+    """Exercise 2c: which SM ``process`` does the event-level ``discriminant`` select most at
+    the event efficiency ``efficiency``, and which numerator ``term`` (its label) brings it in?
+
+    The right process is the one with the largest share of the passing events' weight; the
+    right term is the one whose removal lowers that share most (the other terms keep their
+    weights, the denominator stays). True when both answers are right; prints how many
+    (effective) events the shares rest on, and a hint otherwise."""
+    if discriminant is None or process is None or term is None:
+        print("Not answered yet: set `my_triboson`, `selected_process` and `responsible_term`.")
+        return False
+    from sophon.discriminant import Discriminant
+
+    shares, effective, events = _event_shares(analysis, discriminant, efficiency)
+    if process not in shares:
+        print(f"{process!r} is not a process of this dataset: {', '.join(shares)}")
+        return False
+    print(f"At {efficiency:g} of the events: {events:,} events pass ({effective:,.1f} effective); "
+          f"{process} makes {shares[process]:.0%} of their weight.")
+    largest = max(shares, key=shares.get)
+    if process != largest:
+        print("=> Another process makes more of what passes: look at the event view's stack.")
+        return False
+    labels = [t.label or t.classes for t in discriminant.numerator]
+    if term not in labels:
+        print(f"{term!r} is not one of the terms: {labels}")
+        return False
+    without = {}
+    for index, label in enumerate(labels):
+        rest = tuple(t for i, t in enumerate(discriminant.numerator) if i != index)
+        if not rest:
+            continue
+        reduced = Discriminant(name=f"without {label}", numerator=rest, level="event",
+                               denominator=discriminant.denominator)
+        without[label] = _event_shares(analysis, reduced, efficiency)[0][process]
+    if term != min(without, key=without.get):
+        print("=> Another term brings in more of it: drop one term at a time and compare.")
+        return False
+    print("  without each term its share would be "
+          + ", ".join(f"{label} {share:.0%}" for label, share in without.items()))
+    print(f"=> Right: {process} is what this discriminant selects most here, through {term}.")
     return True
 
 

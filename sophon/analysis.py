@@ -27,6 +27,7 @@ from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, Efficie
                              significance_scan, thresholds_for_efficiencies)
 from sophon.stats import asimov_significance
 from sophon.store import JetDataset
+from sophon.tagging import RocCurve, weighted_roc
 
 __all__ = ["DatasetAnalysis", "EventTable", "BuildOnceCache", "DIJET_MASS_BINNING",
            "most_probable_class", "selection_frame", "EXPORT_COLUMNS"]
@@ -343,6 +344,18 @@ class DatasetAnalysis:
                                  binning.index(events.dijet_mass), events.weight,
                                  events.process_code, self.dataset.process_names, signal, window,
                                  binning=binning, mass_label=DIJET_MASS_LABEL)
+
+    def roc(self, discriminant: Discriminant, signal: str, background: str = "QCD") -> RocCurve:
+        """The weighted ROC curve of ``discriminant`` for the jets of process ``signal`` against
+        those of process ``background`` (:func:`sophon.tagging.weighted_roc`)."""
+        dataset = self.dataset
+        names = list(dataset.process_names)
+        for name in (signal, background):
+            if name not in names:
+                raise ValueError(f"unknown process {name!r}; processes are {names}")
+        codes = dataset.process_codes
+        return weighted_roc(self.log_odds(discriminant), dataset.weights,
+                            codes == names.index(signal), codes == names.index(background))
 
     def top_classes(self, rows: np.ndarray, k: int = 5,
                     chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ import numpy as np
 from sophon import atomic
 from sophon.spectrum import EfficiencyScan
 
-__all__ = ["FIGURE_FORMATS", "DEFAULT_FIGSIZE", "spectrum_figure", "save_figure",
+__all__ = ["FIGURE_FORMATS", "DEFAULT_FIGSIZE", "spectrum_figure", "roc_figure", "save_figure",
            "save_spectrum_figure"]
 
 FIGURE_FORMATS = (".pdf", ".png", ".svg")
@@ -218,6 +218,39 @@ def spectrum_figure(scan: EfficiencyScan, level: int, *, discriminant=None,
                        fontsize=10)
             left.text(0.03, 0.96, text, transform=left.transAxes, ha="left", va="top",
                       fontsize=10)
+    return figure
+
+
+def roc_figure(curves, *, luminosity_fb: float | None = None, energy_tev: float = 13.0,
+               figsize: tuple[float, float] = (6.5, 5.5)):
+    """ROC curves (:class:`sophon.tagging.RocCurve`, ``curves``: label -> curve) as a matplotlib
+    ``Figure``: background efficiency (log) against signal efficiency, each with its MC band
+    (the background efficiency's sqrt(sum w^2) error), in the style of :func:`spectrum_figure`."""
+    with _style() as mplhep:
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=figsize, layout="constrained")
+        ax = figure.subplots()
+        colours = colormaps["tab10"](np.arange(len(curves)) % 10)
+        floor = 1.0
+        for colour, (label, curve) in zip(colours, curves.items()):
+            x, y, error = curve.signal_efficiency, curve.background_efficiency, curve.background_error
+            positive = y > 0
+            ax.plot(x[positive], y[positive], color=colour, linewidth=1.8,
+                    label=f"{_literal(label)} (AUC {curve.auc:.3f})")
+            ax.fill_between(x[positive], np.maximum(y - error, y * 1e-3)[positive],
+                            (y + error)[positive], color=colour, alpha=0.25, linewidth=0)
+            if positive.any():
+                floor = min(floor, float(y[positive].min()))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="dotted", linewidth=1, label="random")
+        ax.set_yscale("log")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(max(floor * 0.5, 1e-7), 1.5)
+        ax.set_xlabel("signal efficiency")
+        ax.set_ylabel("background efficiency")
+        ax.legend(loc="lower right", fontsize=9)
+        _label(ax, mplhep, luminosity_fb, energy_tev)
     return figure
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "DIJET_MASS_LABEL",
     "MassBinning",
     "DEFAULT_MASS_BINNING",
+    "BinnedYield",
     "thresholds_for_efficiencies",
     "nearest_level",
     "densest_window",
@@ -76,6 +77,32 @@ class MassBinning:
 
 
 DEFAULT_MASS_BINNING = MassBinning()
+
+
+@dataclass(frozen=True)
+class BinnedYield:
+    """Weighted events in some mass bins of one efficiency level, and what they rest on.
+
+    ``events`` the sum of weights; ``error`` sqrt(sum of w^2), the simulation-statistics
+    (MC) error of ``events``; ``effective_jets`` Kish's (sum w)^2 / sum w^2, how many
+    equal-weight jets would carry the same statistics (one jet of a large weight makes it
+    about 1, however many events it stands for); ``low``, ``high`` the outer bin edges (GeV).
+    """
+
+    events: float
+    error: float
+    effective_jets: float
+    low: float
+    high: float
+
+    @property
+    def mass(self) -> float:
+        """The centre of the bins (GeV): a one-bin yield's bin centre."""
+        return 0.5 * (self.low + self.high)
+
+    def __str__(self) -> str:
+        return (f"{self.events:,.0f} +- {self.error:,.0f} events "
+                f"({self.effective_jets:,.1f} effective jets)")
 
 
 def nearest_level(efficiencies: Sequence[float], efficiency: float) -> int:
@@ -270,9 +297,49 @@ class EfficiencyScan:
             cube = cube[list(processes)]
         return cube.sum(axis=0)[1:-1]
 
-    def spectrum_variance(self, level: int) -> np.ndarray:
+    def spectrum_variance(self, level: int, processes: Sequence[int] | None = None) -> np.ndarray:
         """(bins,) sum of squared weights: the variance of :meth:`spectrum` from MC statistics."""
-        return self.sum_of_weights_squared[level].sum(axis=0)[1:-1]
+        cube = self.sum_of_weights_squared[level]
+        if processes is not None:
+            cube = cube[list(processes)]
+        return cube.sum(axis=0)[1:-1]
+
+    def bin_errors(self, level: int, processes: Sequence[int] | None = None) -> np.ndarray:
+        """(bins,) sqrt(sum of w^2) per bin: the MC statistical error of :meth:`spectrum`."""
+        return np.sqrt(self.spectrum_variance(level, processes))
+
+    def _binned_yield(self, level: int, first: int, last: int,
+                      processes: Sequence[int] | None) -> BinnedYield:
+        """The yield of bins ``first`` .. ``last - 1`` (0-based, flow bins excluded)."""
+        events = float(self.spectrum(level, processes)[first:last].sum())
+        squared = float(self.spectrum_variance(level, processes)[first:last].sum())
+        edges = self.binning.edges
+        return BinnedYield(events=events, error=float(np.sqrt(squared)),
+                           effective_jets=events ** 2 / squared if squared > 0 else 0.0,
+                           low=float(edges[first]), high=float(edges[last]))
+
+    def window_yield(self, level: int, window: tuple[float, float],
+                     processes: Sequence[int] | None = None) -> BinnedYield:
+        """The yield at ``level`` of the bins whose centres lie in ``window`` (GeV, low <=
+        centre < high), of ``processes`` (indices into :attr:`process_names`; all if None)."""
+        low, high = sorted(window)
+        inside = np.flatnonzero((self.binning.centers >= low) & (self.binning.centers < high))
+        if not inside.size:
+            raise ValueError(f"no mass bin has its centre in {window} GeV")
+        return self._binned_yield(level, int(inside[0]), int(inside[-1]) + 1, processes)
+
+    def peak(self, level: int, processes: Sequence[int] | None = None) -> BinnedYield:
+        """The fullest bin of the spectrum at ``level`` (of ``processes``, all if None), with
+        its MC error and effective jets: how much a peak rests on."""
+        first = int(np.argmax(self.spectrum(level, processes)))
+        return self._binned_yield(level, first, first + 1, processes)
+
+    def process_shares(self, level: int) -> dict[str, float]:
+        """Each process's share of the weight passing ``level`` (all masses)."""
+        per_process = self.sum_of_weights[level].sum(axis=1)
+        total = per_process.sum()
+        shares = per_process / total if total > 0 else np.zeros_like(per_process)
+        return dict(zip(self.process_names, (float(share) for share in shares)))
 
     def effective_jets(self, level: int) -> float:
         """Kish's effective number of jets passing ``level``, (sum w)^2 / sum w^2 over all
@@ -376,11 +443,25 @@ class SignificanceCurve:
     significance: np.ndarray
     window: tuple[float, float]
     scan: EfficiencyScan | None = None
+    signal_process: str | None = None
 
     @property
     def best(self) -> int:
         finite = np.where(np.isfinite(self.significance), self.significance, -1)
         return int(np.argmax(finite))
+
+    def yields(self, level: int | None = None) -> tuple[BinnedYield, BinnedYield]:
+        """(signal, background) in the window at cut ``level`` (default: the most significant
+        one) with their MC errors and effective jets: a large Z whose background is one or two
+        heavy jets in the window says little. Needs the scan and the signal's name."""
+        if self.scan is None or self.signal_process is None:
+            raise ValueError("this significance curve keeps no scan to count yields from")
+        level = self.best if level is None else level
+        names = list(self.scan.process_names)
+        signal = names.index(self.signal_process)
+        others = [index for index in range(len(names)) if index != signal]
+        return (self.scan.window_yield(level, self.window, [signal]),
+                self.scan.window_yield(level, self.window, others))
 
     def to_hist(self, level: int | None = None):
         """The per-process mass spectra (process x mass ``hist.Hist``, ``Weight`` storage, all
@@ -418,4 +499,5 @@ def significance_scan(values: np.ndarray, mass_index: np.ndarray, weights: np.nd
     return SignificanceCurve(background_efficiency=scan.efficiencies,
                              thresholds=scan.thresholds, signal=s, background=b,
                              significance=asimov_significance(s, b),
-                             window=(float(edges[first]), float(edges[last])), scan=scan)
+                             window=(float(edges[first]), float(edges[last])), scan=scan,
+                             signal_process=signal)

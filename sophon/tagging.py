@@ -10,11 +10,16 @@ selection), ``sophon evaluate`` (the model card) and notebooks read the same fig
   efficiency is the fraction of QCD jets passing it, the rejection its inverse. When no QCD jet
   passes, the rejection is only bounded from below by the number of QCD jets: reported as inf
   with ``qcd_passing`` 0, so a reader sees how little it rests on.
+
+:func:`weighted_roc` is the ROC curve of weighted jets (a scored collision sample: signal and
+background by physics process, each jet counting its weight), with the MC error of the
+background efficiency and the effective number of background jets behind each point.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +27,7 @@ from sophon.discriminant import PRESETS
 from sophon.labels import FAMILIES, FAMILY_OF_CLASS, N_CLASSES, REWEIGHT_GROUP_OF_CLASS
 
 __all__ = ["TAGGING_PRESETS", "SIGNAL_EFFICIENCIES", "background_rejection", "tagging_figures",
-           "class_accuracies", "selection_score"]
+           "class_accuracies", "selection_score", "RocCurve", "weighted_roc"]
 
 #: The presets whose QCD rejection the project tracks (paper eqs. 5-6).
 TAGGING_PRESETS = ("A1: X->cs", "A2: X->bb", "A3: X->b q q")
@@ -117,3 +122,66 @@ def selection_score(figures: dict[str, dict], efficiency: str = "60%") -> float:
             continue
         logs.append(math.log(entry["qcd_jets"] if math.isinf(rejection) else rejection))
     return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    """A weighted ROC curve: one point per distinct cut value, loosest last.
+
+    At a cut (jets with value >= ``thresholds[i]`` pass): ``signal_efficiency`` and
+    ``background_efficiency`` (the passing fractions of the signal and background weight),
+    ``background_error`` (the MC error of the background efficiency, sqrt(sum of the passing
+    w^2) over the total) and ``background_effective_jets`` ((sum w)^2 / sum w^2 of the passing
+    background jets: how many equal-weight jets the efficiency rests on).
+    """
+
+    thresholds: np.ndarray
+    signal_efficiency: np.ndarray
+    background_efficiency: np.ndarray
+    background_error: np.ndarray
+    background_effective_jets: np.ndarray
+
+    def at_signal_efficiency(self, efficiency: float) -> int:
+        """The index of the tightest cut keeping at least ``efficiency`` of the signal."""
+        index = int(np.searchsorted(self.signal_efficiency, efficiency, side="left"))
+        return min(index, len(self.signal_efficiency) - 1)
+
+    @property
+    def auc(self) -> float:
+        """The area under the curve of background efficiency against signal efficiency's
+        complement, i.e. the probability that a signal jet scores above a background jet
+        (weighted): 0.5 for a useless discriminant, 1 for a perfect one."""
+        x = np.concatenate([[0.0], self.background_efficiency])
+        y = np.concatenate([[0.0], self.signal_efficiency])
+        return float(np.sum(np.diff(x) * 0.5 * (y[1:] + y[:-1])))
+
+
+def weighted_roc(values: np.ndarray, weights: np.ndarray, signal: np.ndarray,
+                 background: np.ndarray) -> RocCurve:
+    """The ROC curve of the discriminant ``values`` (N,) (any monotonic transform: higher is
+    more signal-like) for the jets ``signal`` (N,) bool against ``background`` (N,) bool, each
+    jet counting its ``weights`` (N,). Raises ValueError when either set has no weight."""
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    signal, background = np.asarray(signal, bool), np.asarray(background, bool)
+    keep = signal | background
+    values, weights, signal = values[keep], weights[keep], signal[keep]
+    signal_total = weights[signal].sum()
+    background_total = weights[~signal].sum()
+    if signal_total <= 0 or background_total <= 0:
+        raise ValueError("a ROC curve needs signal and background jets with positive weight")
+    order = np.argsort(-values, kind="stable")
+    values, weights, signal = values[order], weights[order], signal[order]
+    signal_weight = np.cumsum(np.where(signal, weights, 0.0))
+    background_weight = np.cumsum(np.where(signal, 0.0, weights))
+    background_squared = np.cumsum(np.where(signal, 0.0, weights * weights))
+    # one point per distinct value: the last jet of each run of ties
+    last = np.flatnonzero(np.append(values[1:] != values[:-1], True))
+    squared = background_squared[last]
+    return RocCurve(
+        thresholds=values[last],
+        signal_efficiency=signal_weight[last] / signal_total,
+        background_efficiency=background_weight[last] / background_total,
+        background_error=np.sqrt(squared) / background_total,
+        background_effective_jets=np.divide(background_weight[last] ** 2, squared,
+                                            out=np.zeros_like(squared), where=squared > 0))

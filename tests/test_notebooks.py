@@ -3,12 +3,15 @@
 They are committed without outputs, and each runs top to bottom headless with nbclient, in a
 kernel on this interpreter (the project's venv), on the embedded default dataset or, until that
 lands, on the synthetic stand-in that ``notebooks/_workshop.py`` writes (the model notebook then
-generates a handful of jets and uses a model with random weights).
+generates a handful of jets and uses a model with random weights). Every set-up draws the views
+with their JavaScript and CSS inline (tests/test_notebooks_offline_browser.py renders the
+executed notebooks with the network cut off).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -77,9 +80,16 @@ def kernel_spec_dir(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", WORKSHOP)
-def test_notebook_runs_top_to_bottom(name, kernel_spec_dir):
+#: Each notebook executed once per test process: name -> (notebook with outputs, seconds).
+_EXECUTED: dict[str, tuple] = {}
+
+
+def execute_notebook(name: str, kernel_spec_dir: Path):
+    """``(notebook, seconds)``: ``name`` run top to bottom headless with nbclient, in a kernel
+    on this interpreter, once per test process (tests/test_notebooks_offline_browser.py renders
+    the same outputs). Raises CellExecutionError, with the cell and its traceback, on failure."""
+    if name in _EXECUTED:
+        return _EXECUTED[name]
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
@@ -90,14 +100,29 @@ def test_notebook_runs_top_to_bottom(name, kernel_spec_dir):
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
     start = time.perf_counter()
     try:
-        client.execute()  # raises CellExecutionError, with the cell and its traceback, on failure
+        client.execute()
     finally:
         # nbclient leaves a kernel it was handed running: stop it gracefully, so that the
         # notebook's temporary files are removed at the kernel's exit
         if manager.has_kernel:
             manager.shutdown_kernel(now=False)
-    seconds = time.perf_counter() - start
+    _EXECUTED[name] = (notebook, time.perf_counter() - start)
+    return _EXECUTED[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WORKSHOP)
+def test_notebook_runs_top_to_bottom(name, kernel_spec_dir):
+    notebook, seconds = execute_notebook(name, kernel_spec_dir)
     assert seconds < NOTEBOOK_BUDGET_S, f"{name} took {seconds:.0f} s"
     errors = [output for cell in notebook.cells if cell.cell_type == "code"
               for output in cell.outputs if output.output_type == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("name", WORKSHOP)
+def test_views_are_drawn_offline(name):
+    """The set-up asks Panel to carry Bokeh's and Panel's JavaScript and CSS inside the notebook
+    (``inline=True``): without it every view is blank in a room without network."""
+    first = next(c for c in _read(name).cells if c.cell_type == "code")
+    assert re.search(r"pn\.extension\([^)]*inline=True", first.source), first.source
