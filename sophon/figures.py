@@ -27,8 +27,8 @@ import numpy as np
 from sophon import atomic
 from sophon.spectrum import EfficiencyScan
 
-__all__ = ["FIGURE_FORMATS", "DEFAULT_FIGSIZE", "spectrum_figure", "roc_figure", "save_figure",
-           "save_spectrum_figure"]
+__all__ = ["FIGURE_FORMATS", "DEFAULT_FIGSIZE", "spectrum_figure", "roc_figure",
+           "learning_curves_figure", "save_figure", "save_spectrum_figure"]
 
 FIGURE_FORMATS = (".pdf", ".png", ".svg")
 # inches: 12 x 5.5 at the default 150 dpi is a 1800 x 825 pixel PNG
@@ -251,6 +251,51 @@ def roc_figure(curves, *, luminosity_fb: float | None = None, energy_tev: float 
         ax.set_ylabel("background efficiency")
         ax.legend(loc="lower right", fontsize=9)
         _label(ax, mplhep, luminosity_fb, energy_tev)
+    return figure
+
+
+def learning_curves_figure(history: Sequence[dict], *, signal_efficiency: str = "60%",
+                           figsize: tuple[float, float] = (12.0, 4.8)):
+    """A training's learning curves (``history``: the per-epoch records of ``sophon train``'s
+    ``.json``) as a matplotlib ``Figure``: left, the training and validation loss per epoch
+    (both under the training's draw weights, so a gap between them is over-fitting, not a
+    different class mix); right, the validation QCD rejection of each preset at
+    ``signal_efficiency``, with its binomial error (1 / QCD efficiency from the number of
+    passing QCD jets), the best epoch marked."""
+    epochs = np.array([record["epoch"] for record in history], dtype=float)
+    with _style():
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=figsize, layout="constrained")
+        losses, rejections = figure.subplots(1, 2)
+        losses.plot(epochs, [r["loss"] for r in history], "o-", label="training")
+        losses.plot(epochs, [r["validation_loss"] for r in history], "s-", label="validation")
+        losses.set_xlabel("epoch")
+        losses.set_ylabel("cross-entropy loss")
+        losses.legend()
+        presets = list(history[-1].get("tagging", {}))
+        colours = colormaps["tab10"](np.arange(len(presets)) % 10)
+        for colour, preset in zip(colours, presets):
+            rows = [(epoch, r["tagging"][preset][signal_efficiency]) for epoch, r
+                    in zip(epochs, history) if preset in r.get("tagging", {})]
+            x = np.array([epoch for epoch, _ in rows])
+            passing = np.array([cell["qcd_passing"] for _, cell in rows], dtype=float)
+            total = np.array([r["tagging"][preset]["qcd_jets"] for r in history
+                              if preset in r.get("tagging", {})], dtype=float)
+            rejection = total / np.maximum(passing, 1.0)
+            # a rejection from n passing jets is known to about 1/sqrt(n)
+            error = rejection / np.sqrt(np.maximum(passing, 1.0))
+            rejections.errorbar(x, rejection, yerr=error, fmt="o-", color=colour, capsize=2,
+                                label=_literal(preset))
+        best = [epoch for epoch, r in zip(epochs, history) if r.get("best")]
+        if best:
+            rejections.axvline(best[-1], color="grey", linestyle="dotted",
+                               label=f"best epoch ({best[-1]:.0f})")
+        rejections.set_yscale("log")
+        rejections.set_xlabel("epoch")
+        rejections.set_ylabel(f"QCD rejection at {signal_efficiency} signal efficiency")
+        rejections.legend(fontsize=9)
     return figure
 
 

@@ -45,7 +45,8 @@ __all__ = [
 
 # 1, 10^-0.5, ..., 10^-4: the nine efficiencies of the paper's Fig. 3.
 DEFAULT_EFFICIENCIES = 10.0 ** -np.arange(0.0, 4.01, 0.5)
-_BUCKET_SHIFT = 12  # 2^20 buckets over the float32 range: a cut's bucket holds few jets
+_BUCKET_SHIFT = 16  # 2^16 buckets over the float32 range, each 1/128 of an octave: a cut's
+# bucket holds few jets, and the bucket histogram is small next to the jets
 # Labels of the mass axis of a scan's histograms (GeV).
 JET_MASS_LABEL = "jet soft-drop mass [GeV]"
 DIJET_MASS_LABEL = "dijet mass [GeV]"
@@ -182,15 +183,19 @@ def thresholds_for_efficiencies(values: np.ndarray, weights: np.ndarray,
     is_cut_bucket[cut_buckets] = True
     candidates = np.flatnonzero(is_cut_bucket[buckets])
     order = candidates[np.argsort(keys[candidates], kind="stable")[::-1]]
-    candidate_buckets = buckets[order]
-    for i, (target, bucket) in enumerate(zip(targets, cut_buckets)):
-        members = order[candidate_buckets == bucket]
-        if members.size == 0:
-            continue
-        accumulated = above[bucket] + np.cumsum(weights[members])
-        position = int(np.searchsorted(accumulated, target, side="left"))
-        position = min(position, members.size - 1)
-        result[i] = values[members[position]]
+    # the candidates, highest first, fall into contiguous runs of one bucket each; a level's cut
+    # is where the weight above its bucket plus the weight accumulated within its run reaches the
+    # target: one search over the candidates' running sum (levels x log(candidates), not a pass
+    # over the candidates for each level)
+    descending = -buckets[order].astype(np.int64)
+    starts = np.searchsorted(descending, -cut_buckets.astype(np.int64), side="left")
+    ends = np.searchsorted(descending, -cut_buckets.astype(np.int64), side="right")
+    running = np.cumsum(weights[order])
+    before = np.where(starts > 0, running[np.maximum(starts - 1, 0)], 0.0)
+    positions = np.searchsorted(running, targets - above[cut_buckets] + before, side="left")
+    positions = np.clip(positions, starts, np.maximum(ends - 1, starts))
+    found = ends > starts
+    result[found] = values[order[positions[found]]]
     return result
 
 

@@ -646,6 +646,15 @@ def _main(args: argparse.Namespace) -> int:
 def _evaluate_main(args: argparse.Namespace) -> int:
     figures = evaluate_model(args.model, args.inputs, device=args.device, precision=args.precision)
     text = json.dumps(figures, indent=1)
+    if args.learning_curves:
+        from sophon.figures import learning_curves_figure, save_figure
+
+        history_file = args.model.with_suffix(".json")
+        history = json.loads(history_file.read_text())["history"] if history_file.exists() else []
+        if not history:
+            raise SystemExit(f"{history_file}: no training history beside the checkpoint")
+        save_figure(learning_curves_figure(history), args.learning_curves,
+                    title=f"learning curves of {args.model.name}")
     if args.output:
         with atomic_output(args.output) as temporary:
             temporary.write_text(text)
@@ -659,6 +668,9 @@ def register_cli(subparsers) -> None:
     evaluation.add_argument("model", type=Path, help="checkpoint (.pt)")
     evaluation.add_argument("inputs", nargs="+", type=Path, help="JetClass-II-schema parquet files")
     evaluation.add_argument("-o", "--output", type=Path, default=None, help="write the JSON here")
+    evaluation.add_argument("--learning-curves", type=Path, default=None, metavar="FIGURE",
+                            help="also draw the checkpoint's learning curves (from the .json "
+                            "beside it) to this PDF, PNG or SVG")
     evaluation.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     evaluation.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     evaluation.set_defaults(handler=_evaluate_main)

@@ -118,6 +118,30 @@ def test_composer_builds_the_discriminant_from_terms_and_weights(explorer):
     assert len(explorer.discriminant.numerator) == 1
 
 
+def test_presets_with_fewer_terms_hide_editors_and_reuse_them(explorer):
+    """A preset with fewer terms hides the extra editors (the layout keeps its children: no
+    page-wide re-render); one with more shows them again with its terms."""
+    composer = ComposerView(explorer)
+    render(composer)
+    triboson = PRESETS["W'->WWW triboson"]
+    composer.apply_preset("W'->WWW triboson")
+    layout_children = list(composer._terms.objects)
+    assert len(layout_children) == len(triboson.numerator) == 3
+    composer.apply_preset("A1: X->cs")
+    assert list(composer._terms.objects) == layout_children
+    assert [child.visible for child in layout_children] == [True, False, False]
+    assert explorer.discriminant.numerator == PRESETS["A1: X->cs"].numerator
+    composer.apply_preset("W'->WWW triboson")
+    assert list(composer._terms.objects) == layout_children
+    assert all(child.visible for child in layout_children)
+    assert [e.term() for e in composer._editors] == list(triboson.numerator)
+    # removing the middle row moves the last one up and hides the last editor
+    composer.remove_term(composer._editors[1])
+    assert [e.term() for e in composer._editors] == [triboson.numerator[0], triboson.numerator[2]]
+    assert [child.visible for child in layout_children] == [True, True, False]
+    assert explorer.discriminant.numerator == (triboson.numerator[0], triboson.numerator[2])
+
+
 def test_picker_queries_from_groups_content_and_picks(explorer):
     assert picker_query("two_prong", {"b": "2", "c": "any"}, []) == "two_prong & b == 2"
     assert select("two_prong & b == 2") == ["X_bb"]

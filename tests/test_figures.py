@@ -91,3 +91,28 @@ def test_bad_format_and_level_are_refused(scan, tmp_path):
     with pytest.raises(ValueError, match="level 99"):
         figures.spectrum_figure(scan, 99)
     assert list(tmp_path.iterdir()) == []
+
+
+def _epoch(epoch: int, loss: float, passing: dict[str, int], best: bool = False) -> dict:
+    tagging = {preset: {"qcd_jets": 8000, "60%": {"qcd_passing": n, "rejection": 8000 / max(n, 1),
+                                                  "qcd_efficiency": n / 8000}}
+               for preset, n in passing.items()}
+    return {"epoch": epoch, "loss": loss, "validation_loss": loss - 0.1, "tagging": tagging,
+            "best": best}
+
+
+def test_learning_curves_show_both_losses_and_each_presets_rejection(tmp_path):
+    history = [_epoch(1, 3.0, {"A1": 80, "A2": 20}), _epoch(2, 2.5, {"A1": 40, "A2": 8}, True),
+               _epoch(3, 2.4, {"A1": 50, "A2": 0})]
+    figure = figures.learning_curves_figure(history)
+    losses, rejections = figure.axes
+    np.testing.assert_allclose(losses.lines[0].get_ydata(), [3.0, 2.5, 2.4])
+    np.testing.assert_allclose(losses.lines[1].get_ydata(), [2.9, 2.4, 2.3])
+    drawn = {bars.get_label(): bars.lines[0].get_ydata() for bars in rejections.containers}
+    # rejection = QCD jets / passing QCD jets; none passing is bounded by one jet
+    np.testing.assert_allclose(drawn["A1"], [100.0, 200.0, 160.0])
+    np.testing.assert_allclose(drawn["A2"], [400.0, 1000.0, 8000.0])
+    assert rejections.get_yscale() == "log"
+    assert any("best epoch (2)" in text.get_text() for text in rejections.get_legend().get_texts())
+    figures.save_figure(figure, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000

@@ -199,6 +199,7 @@ class ComposerView(ExplorerView):
                                                              color="primary", variant="outline")
         self._terms = pn.Column(sizing_mode="stretch_width")
         self._editors: list[TermEditor] = []
+        self._spare_editors: list[TermEditor] = []  # hidden, reused when rows come back
         self._add = pn.widgets.Button(label="+ add term", color="default", width=110)
         self._denominator = text_field(self.param.denominator, name="Denominator classes",
                                        sizing_mode="stretch_width", max_length=MAX_QUERY_LENGTH,
@@ -355,13 +356,20 @@ class ComposerView(ExplorerView):
     # --- the form -------------------------------------------------------------------------
     @param.depends("terms", watch=True)
     def _show_terms(self) -> None:
-        """One editor per row: existing editors are reused (their widgets updated), editors are
-        added or removed only when the number of rows changes."""
+        """One visible editor per row. Editors are reused (their widgets updated) and hidden when
+        rows go, so that a preset with fewer or more terms changes widget values and
+        visibility, not the layout (replacing a layout's children re-walks the whole page's
+        models: about a third of a preset change)."""
         rows = self.terms
         if len(self._editors) != len(rows):
-            kept = self._editors[:len(rows)]
-            self._editors = kept + [self._new_editor() for _ in rows[len(kept):]]
-            self._terms.objects = [editor.__panel__() for editor in self._editors]
+            pool = self._editors + self._spare_editors
+            added = [self._new_editor() for _ in range(len(rows) - len(pool))]
+            if added:
+                self._terms.extend([editor.__panel__() for editor in added])
+            pool += added
+            self._editors, self._spare_editors = pool[:len(rows)], pool[len(rows):]
+            for editor in pool:
+                editor.__panel__().visible = editor in self._editors
         for editor, (query, weight, label) in zip(self._editors, rows):
             editor.param.update(query=query, weight=weight, label=label)
 
@@ -389,10 +397,9 @@ class ComposerView(ExplorerView):
         return self._editors[-1]
 
     def remove_term(self, editor: TermEditor) -> None:
+        """Drop the editor's row; the rows below move up an editor (the last one is hidden)."""
         if editor in self._editors:
             index = self._editors.index(editor)
-            self._editors.remove(editor)
-            self._terms.objects = [e.__panel__() for e in self._editors]
             self.terms = [*self.terms[:index], *self.terms[index + 1:]]
 
     def load(self, discriminant: Discriminant) -> None:
