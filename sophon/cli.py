@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "sophon.packaging",
     "sophon.delphes",
     "sophon.manifest",
+    "sophon.transfer",
     "sophon.anomaly",
 )
 #: the app's server script, reached by name when ``sophon serve`` runs (the library itself
