@@ -499,6 +499,14 @@ class WindowResult:
         return self._share(self.unselected, self.unselected_squared)
 
     @property
+    def share_enhancement(self) -> float:
+        """(selected share - baseline share) / their combined error: how far the cut raises the
+        non-background share (truth of the simulation; 0 when neither has an error)."""
+        (share, error), (baseline, baseline_error) = self.non_qcd_share, self.baseline_share
+        combined = math.hypot(error, baseline_error)
+        return (share - baseline) / combined if combined > 0 else 0.0
+
+    @property
     def excess(self) -> tuple[float, float]:
         """(selected data - background prediction, its error) in expected events."""
         error = math.sqrt(self.selected_squared.sum() + self.background_prediction_squared)
@@ -534,6 +542,7 @@ class WindowResult:
             "selected_jets": self.selected_jets, "effective_jets": round(self.effective_jets, 2),
             "non_qcd_share": round(share, 6), "non_qcd_share_error": round(share_error, 6),
             "baseline_share": round(baseline, 6), "baseline_share_error": round(baseline_error, 6),
+            "share_enhancement": round(self.share_enhancement, 3),
             "background_prediction": round(self.background_prediction, 6),
             "background_prediction_jets": round(self.background_prediction_jets, 2),
             "resolved": self.resolved,
@@ -563,6 +572,13 @@ class ScanResult:
                      if w.resolved and w.excess_significance > ENHANCEMENT_SIGMA)
 
     @property
+    def share_enhanced_windows(self) -> tuple[float, ...]:
+        """Centres (GeV) of the windows whose cut raises the non-background share by more than
+        :data:`ENHANCEMENT_SIGMA` standard deviations (the simulation's truth)."""
+        return tuple(w.window.centre for w in self.windows
+                     if w.share_enhancement > ENHANCEMENT_SIGMA)
+
+    @property
     def unresolved_windows(self) -> tuple[float, ...]:
         """Centres (GeV) of the windows whose working point is not resolved."""
         return tuple(w.window.centre for w in self.windows if not w.resolved)
@@ -585,6 +601,7 @@ class ScanResult:
             "seconds": round(self.seconds, 2),
             "enhanced_windows_GeV": list(self.enhanced_windows),
             "unresolved_windows_GeV": list(self.unresolved_windows),
+            "share_enhanced_windows_GeV": list(self.share_enhanced_windows),
             "max_resolved_excess_significance": (round(max(significances), 3)
                                                  if significances else None),
             "windows": [w.to_dict() for w in self.windows],
@@ -635,14 +652,16 @@ def _window_classifier(method: str, window: MassWindow, sample: SearchSample,
                 if not (members & inside).any():
                     raise AnomalyError(f"{where}: the sideband {band[0]:g}-{band[1]:g} GeV holds "
                                        f"no {role} jets")
+        def with_mass(rows: np.ndarray) -> np.ndarray:
+            return np.column_stack([sample.features[rows], sample.mass[rows].astype(np.float32)])
+
         rows = in_sidebands & (is_data | is_simulation)
-        with_mass = np.column_stack([sample.features, sample.mass.astype(np.float32)])
-        reweighter = trainer.fit(with_mass[rows], is_data[rows].astype(np.int8),
+        reweighter = trainer.fit(with_mass(rows), is_data[rows].astype(np.int8),
                                  np.where(is_data, data, split.weight)[rows],
                                  f"{where}, SALAD sideband reweighting")
         # balanced classes: the odds are the data/simulation density ratio
         target = is_simulation & in_signal_region
-        ratio = np.exp(np.clip(_scores(reweighter, with_mass[target]), -50, 50))
+        ratio = np.exp(np.clip(_scores(reweighter, with_mass(target)), -50, 50))
         simulated_weight[target] *= np.minimum(ratio, MAX_REWEIGHT)
     rows = in_signal_region & (is_data | is_simulation)
     return trainer.fit(sample.features[rows], is_data[rows].astype(np.int8),

@@ -117,12 +117,13 @@ def test_resonance_enhances_its_window_and_no_far_one(resonance, method):
     result = sliding_window_scan(resonance, method=method, windows=WINDOWS, efficiency=0.05,
                                  seed=0, classifier=_fast_classifier)
     far_low, on_peak, far_high = result.windows
-    share, share_error = on_peak.non_qcd_share
+    share, _ = on_peak.non_qcd_share
     baseline, _ = on_peak.baseline_share
     assert baseline == pytest.approx(PEAK_SHARE, abs=0.03)  # within the data half's fluctuation
-    assert share > 4 * baseline and share - baseline > 3 * share_error
+    assert share > 4 * baseline and on_peak.share_enhancement > 3
     assert on_peak.excess_significance > 3
     assert result.enhanced_windows == (RESONANCE_MASS,)
+    assert result.share_enhanced_windows == (RESONANCE_MASS,)
     for far in (far_low, far_high):
         assert far.selected[1] == 0 and abs(far.excess_significance) < 3
     for window in result.windows:  # the working point is the one asked for, in every window
@@ -137,6 +138,7 @@ def test_background_only_control_enhances_no_window(resonance):
     significances = np.array([w.excess_significance for w in result.windows])
     assert np.all(np.abs(significances) < 3)
     assert all(w.selected[1] == 0 and w.non_qcd_share == (0.0, 0.0) for w in result.windows)
+    assert result.share_enhanced_windows == ()
 
 
 def test_a_working_point_beyond_the_simulated_statistics_is_flagged_not_enhanced(resonance):
