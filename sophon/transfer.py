@@ -43,7 +43,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ class JetSet:
 
     def __init__(self, kind: str, value: str | Sequence[int] | np.ndarray | os.PathLike):
         if kind not in SET_KINDS:
-            raise ValueError(f"unknown jet-set kind {_shown(str(kind))}; kinds are {SET_KINDS}")
+            raise ValueError(f"unknown jet-set kind {_shown(kind)}; kinds are {SET_KINDS}")
         if kind == "rows":
             rows = np.asarray(value)
             if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
@@ -115,7 +115,7 @@ class JetSet:
                                  f"got {rows.dtype} of shape {rows.shape}")
             value = rows.astype(np.int64)
         else:
-            value = os.fspath(value) if kind == "file" else value
+            value = os.fspath(value) if isinstance(value, os.PathLike) else value
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"a {kind} set needs a non-empty text value, got "
                                  f"{_shown(value)}")
@@ -197,7 +197,8 @@ class TransferOptions:
             ("epochs", isinstance(self.epochs, int) and 1 <= self.epochs <= MAX_EPOCHS,
              f"an integer from 1 to {MAX_EPOCHS:,}"),
             ("batch_size", isinstance(self.batch_size, int)
-             and 1 <= self.batch_size <= MAX_BATCH_SIZE, f"an integer from 1 to {MAX_BATCH_SIZE:,}"),
+             and 1 <= self.batch_size <= MAX_BATCH_SIZE,
+             f"an integer from 1 to {MAX_BATCH_SIZE:,}"),
             ("learning_rate", _number(self.learning_rate) and 0 < self.learning_rate <= 1,
              "a number in (0, 1]"),
             ("dropout", _number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)"),
@@ -253,7 +254,8 @@ class TransferHead(nn.Module):
         self.eval()
         values = np.empty(len(latents), dtype=np.float32)
         for start in range(0, len(latents), batch_size):
-            logits = self(torch.tensor(latents[start:start + batch_size]))  # copies: read-only in
+            # torch.tensor copies: a dataset's latents are read-only
+            logits = self(torch.tensor(latents[start:start + batch_size]))
             values[start:start + len(logits)] = (logits[:, 1] - logits[:, 0]).numpy()
         self.train(was_training)
         return values
@@ -435,7 +437,7 @@ def best_node_discriminant(scores: np.ndarray, weights: np.ndarray, is_signal: n
     return best, best_key[0]
 
 
-# --- figures ----------------------------------------------------------------------------------------
+# --- figures --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -472,7 +474,8 @@ class TransferResult:
     ``head``: the trained :class:`TransferHead` (eval mode), preloaded from ``model``;
     ``node_discriminant``: the best node discriminant (chosen on the training half);
     ``head_roc`` and ``node_roc``: their weighted ROC curves on the held-out half; ``jets``: per
-    set, the jets trained on, validated on and held out; ``history``: per epoch the weighted
+    set, its jets (``in_set``) and those trained on, validated on and held out (a set larger
+    than ``max_jets_per_set`` is subsampled first); ``history``: per epoch the weighted
     training and validation loss; ``values``: the head's ln(p_signal / p_background) (N,) float32
     for every jet of the dataset; ``seconds``: wall time."""
 
@@ -488,7 +491,7 @@ class TransferResult:
     best_epoch: int
     values: np.ndarray
     options: TransferOptions
-    seconds: float = field(default=0.0)
+    seconds: float = 0.0
 
     def rejection(self, efficiency: float, *, nodes: bool = False) -> Rejection:
         """The held-out rejection at signal ``efficiency`` of the head (or of the best node
@@ -516,7 +519,7 @@ class TransferResult:
             "options": asdict(self.options), "seconds": round(self.seconds, 2)}
 
 
-# --- the fit ------------------------------------------------------------------------------------------
+# --- the fit --------------------------------------------------------------------------------------
 
 
 def _model_path(dataset: JetDataset, model: str | os.PathLike | None) -> Path:
@@ -612,7 +615,8 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
     rng = np.random.default_rng([options.seed, 17])
     trained, held_out, fit_rows, validation_rows, jets = [], [], [], [], {}
     for role, jets_of_set in zip(("signal", "background"), sets):
-        if len(jets_of_set) > options.max_jets_per_set:
+        in_set = len(jets_of_set)
+        if in_set > options.max_jets_per_set:
             jets_of_set = jets_of_set.take(np.sort(rng.choice(
                 len(jets_of_set), options.max_jets_per_set, replace=False)))
         training, test = _split(len(jets_of_set), options.test_fraction, rng)
@@ -622,7 +626,7 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
         held_out.append(jets_of_set.take(test))
         fit_rows.append(offset + fit_part)
         validation_rows.append(offset + validation_part)
-        jets[role] = {"available": len(jets_of_set), "train": len(fit_part),
+        jets[role] = {"in_set": in_set, "train": len(fit_part),
                       "validation": len(validation_part), "held_out": len(test)}
     training_jets, training_signal = _concatenate(*trained)
     test_jets, test_signal = _concatenate(*held_out)
@@ -653,7 +657,7 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
                           options=options, seconds=time.perf_counter() - started)
 
 
-# --- the new score as a column ----------------------------------------------------------------------
+# --- the new score as a column --------------------------------------------------------------------
 
 
 def write_score_column(dataset: JetDataset, values: np.ndarray, output: str | os.PathLike, *,

@@ -93,7 +93,7 @@ def test_the_head_beats_the_node_discriminant_along_a_direction_the_nodes_do_not
     summary = fitted.summary()
     assert summary["head_beats_nodes_at_50%"] is True
     assert summary["held_out"]["head"]["50%"]["rejection"] == head_50.rejection
-    assert summary["jets"]["signal"] == {"available": 2000, "train": 800, "validation": 200,
+    assert summary["jets"]["signal"] == {"in_set": 2000, "train": 800, "validation": 200,
                                          "held_out": 1000}
     json.dumps(summary)  # JSON-ready
 
@@ -161,18 +161,18 @@ def test_class_queries_rows_and_labelled_files_name_the_jets(separable, model_fi
     options = TransferOptions(epochs=2)
     by_classes = fit_transfer(dataset, "classes:X_bb", "classes:QCD", model=model_file[0],
                               options=options)
-    assert by_classes.jets["signal"]["available"] == int((dataset.column("jet_label") == 0).sum())
-    assert by_classes.jets["background"]["available"] == 2000
+    assert by_classes.jets["signal"]["in_set"] == int((dataset.column("jet_label") == 0).sum())
+    assert by_classes.jets["background"]["in_set"] == 2000
     rows = np.flatnonzero(dataset.column("process") == "signal")[::2]
     selection = tmp_path / "selection.csv"
     selection.write_text("jet,process\n" + "".join(f"{r},signal\n" for r in rows))
     by_rows = fit_transfer(dataset, JetSet.parse(f"rows:{selection}"), "QCD",
                            model=model_file[0], options=options)
-    assert by_rows.jets["signal"]["available"] == len(rows) == 1000
+    assert by_rows.jets["signal"]["in_set"] == len(rows) == 1000
     # a labelled file: its jets are the set, scored by the same model
     other = _separable(tmp_path / "other.parquet", n_signal=300, n_background=0, seed=1)
     by_file = fit_transfer(dataset, f"file:{other}", "QCD", model=model_file[0], options=options)
-    assert by_file.jets["signal"]["available"] == 300
+    assert by_file.jets["signal"]["in_set"] == 300
     assert by_file.values.shape == (dataset.n_jets,)
 
 
