@@ -477,20 +477,28 @@ class WindowResult:
     def _signal(self) -> np.ndarray:
         return np.array([name != self.background for name in self.processes])
 
-    def _share(self, weight: np.ndarray, squared: np.ndarray) -> tuple[float, float]:
-        """The non-background share S / (S + B) and its error from sum w^2 (propagated)."""
+    def _share(self, weight: np.ndarray, squared: np.ndarray,
+               background_variance_floor: float = 0.0) -> tuple[float, float]:
+        """The non-background share S / (S + B) and its error from sum w^2 (propagated), the
+        variance of B at least ``background_variance_floor``."""
         signal, background = weight[self._signal].sum(), weight[~self._signal].sum()
         total = signal + background
         if total <= 0:
             return 0.0, 0.0
+        background_variance = max(squared[~self._signal].sum(), background_variance_floor)
         variance = (background ** 2 * squared[self._signal].sum()
-                    + signal ** 2 * squared[~self._signal].sum()) / total ** 4
+                    + signal ** 2 * background_variance) / total ** 4
         return float(signal / total), float(math.sqrt(variance))
 
     @property
     def non_qcd_share(self) -> tuple[float, float]:
-        """(share, error) of the non-background processes in the selected data weight."""
-        return self._share(self.selected, self.selected_squared)
+        """(share, error) of the non-background processes in the selected data weight. The
+        background's variance is at least that of the simulated background passing the cut:
+        where no (or one) data background jet passes, its sum of w^2 would call a share of 1
+        exact, while the data could as well have held the few heavy jets the simulation
+        expects."""
+        return self._share(self.selected, self.selected_squared,
+                           self.background_prediction_squared)
 
     @property
     def baseline_share(self) -> tuple[float, float]:
@@ -904,10 +912,10 @@ def _main(args: argparse.Namespace) -> int:
                   simulation_fraction=args.simulation_fraction,
                   max_jets_per_window=args.max_jets, classifier=classifier)
     if args.improvement:
-        if not args.signal or len(args.signal) != 1:
-            raise AnomalyError("--improvement needs exactly one --signal PROCESS")
+        if not args.signal or len(args.signal) != 1 or args.window is None:
+            raise AnomalyError("--improvement needs --window M0 and exactly one --signal PROCESS")
         result = significance_improvement(
-            sample, window=MassWindow(args.start), signal=args.signal[0],
+            sample, window=MassWindow(args.window), signal=args.signal[0],
             signal_to_background=args.signal_to_background, repeats=args.repeats, **common)
     else:
         result = sliding_window_scan(
@@ -932,7 +940,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--method", choices=METHODS, default="salad")
     parser.add_argument("--features", choices=FEATURE_SETS, default="latent")
     parser.add_argument("--start", type=_bounded(float, 0, MASS_LIMIT), default=DEFAULT_START,
-                        help="first window centre m0 in GeV (with --improvement: the window)")
+                        help="first window centre m0 in GeV")
     parser.add_argument("--stop", type=_bounded(float, 0, MASS_LIMIT), default=DEFAULT_STOP,
                         help="last window centre in GeV")
     parser.add_argument("--step", type=_bounded(float, 1, MASS_LIMIT), default=DEFAULT_STEP,
@@ -958,7 +966,10 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--max-iter", type=_bounded(int, 1, 1000), default=100,
                         help="boosting iterations of each classifier")
     parser.add_argument("--improvement", action="store_true",
-                        help="IAD significance improvement vs injected S/B in the window --start")
+                        help="instead of the scan: the IAD significance improvement against the "
+                             "injected S/B of one --signal process in the window --window")
+    parser.add_argument("--window", type=_bounded(float, 0, MASS_LIMIT), default=None,
+                        metavar="M0", help="with --improvement: the window centre in GeV")
     parser.add_argument("--signal-to-background", type=_bounded(float, 1e-6, 10), nargs="+",
                         default=[0.005, 0.01, 0.02, 0.05])
     parser.add_argument("--repeats", type=_bounded(int, 1, MAX_REPEATS), default=5)
