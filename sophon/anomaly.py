@@ -488,7 +488,8 @@ class WindowResult:
         background_variance = max(squared[~self._signal].sum(), background_variance_floor)
         variance = (background ** 2 * squared[self._signal].sum()
                     + signal ** 2 * background_variance) / total ** 4
-        return float(signal / total), float(math.sqrt(variance))
+        # a share lies in [0, 1]: an error above 1 says only that it is unconstrained
+        return float(signal / total), min(float(math.sqrt(variance)), 1.0)
 
     @property
     def non_qcd_share(self) -> tuple[float, float]:

@@ -248,7 +248,8 @@ def test_command_line_prints_the_json_summary(synthetic_path, capsys, tmp_path):
     assert "unknown process 'Zprime'" in capsys.readouterr().err
     assert main(["anomaly", str(synthetic_path), "--improvement", "--signal", "W+jets",
                  "--window", "80", "--repeats", "2", "--signal-to-background", "0.05", "0.2",
-                 "--efficiency", "0.05", "--max-iter", "20"]) == 0
+                 "--efficiency", "0.05", "--max-iter", "20", "--features", "highlevel",
+                 "--max-jets", "2000"]) == 0
     improvement = json.loads(capsys.readouterr().out)
     assert improvement["m0_GeV"] == 80.0 and improvement["signal"] == "W+jets"
     assert np.array(improvement["improvement"]).shape == (2, 2)
