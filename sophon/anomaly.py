@@ -40,8 +40,8 @@ share before selection. The prediction holds only where the cut is resolved: whe
 some 10^4 simulated QCD jets in each 10 GeV window); an unresolved window is reported as such
 (:attr:`WindowResult.resolved`) and never counted as enhanced.
 
-*Weights.* Jet weights (expected events) span orders of magnitude (QCD generated in pT slices,
-processes of very different cross sections). Each classifier is trained with the jets' physical
+*Weights.* Jet weights (expected events) span orders of magnitude (on the embedded default a QCD
+jet stands for 173 to 12,516 events, a Higgs jet for 0.3 to 21). Each classifier is trained with the jets' physical
 weights, normalised so that each class sums to half the training jets (mean weight 1): the
 classes balance, so the output's odds are the density ratio of the two classes, and the
 non-QCD jets keep their physical share of the data, which is what a search on real data would
@@ -758,7 +758,8 @@ def sliding_window_scan(sample: SearchSample, *, method: str = "salad",
     steps of 10 GeV), each window's classifiers applied in [m0 - 5, m0 + 5) at the cut keeping
     ``efficiency`` of the background simulation's weight there. Data: :func:`data_weights`
     (``signal_scale`` 0: the background-only control, :attr:`ScanResult.control`).
-    ``max_jets_per_window`` caps each classifier's training jets (None: all)."""
+    ``max_jets_per_window`` caps each classifier's training jets (None: all); ``progress`` is
+    called with (windows done, windows) after each window, and may raise to cancel the scan."""
     if method not in METHODS:
         raise AnomalyError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     _check_efficiency(efficiency)

@@ -132,8 +132,15 @@ def test_resonance_enhances_its_window_and_no_far_one(resonance, method):
 
 def test_background_only_control_enhances_no_window(resonance):
     windows = sliding_windows(80.0, 240.0, 40.0)
+    reports = []
     result = sliding_window_scan(resonance, method="salad", windows=windows, efficiency=0.05,
-                                 signal_scale=0.0, seed=1, classifier=_fast_classifier)
+                                 signal_scale=0.0, seed=1, classifier=_fast_classifier,
+                                 progress=lambda done, total: reports.append((done, total)))
+    assert reports == [(done, 5) for done in range(1, 6)]
+    edges, stacked = result.stack()
+    assert edges.tolist() == [[75.0, 85.0], [115.0, 125.0], [155.0, 165.0], [195.0, 205.0],
+                              [235.0, 245.0]]
+    assert np.array_equal(stacked["QCD"], [w.selected[0] for w in result.windows])
     assert result.control and result.enhanced_windows == () and result.unresolved_windows == ()
     significances = np.array([w.excess_significance for w in result.windows])
     assert np.all(np.abs(significances) < 3)
