@@ -70,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sophon.extras import require
 from sophon.spectrum import thresholds_for_efficiencies
 from sophon.stats import asimov_significance
 from sophon.store import JetDataset
@@ -381,7 +382,8 @@ def default_classifier(seed: int, *, max_iter: int = 100) -> QuantileBoosting:
     with shallow trees and early stopping on a weighted validation share (data and simulation
     overlap almost everywhere, so more trees learn only fluctuations). Its threads follow
     OMP_NUM_THREADS."""
-    from sklearn.ensemble import HistGradientBoostingClassifier  # the search's only sklearn use
+    require("sklearn", "anomaly", "the weakly supervised search's default classifier")
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
     return QuantileBoosting(HistGradientBoostingClassifier(
         max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=50,

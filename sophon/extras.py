@@ -10,7 +10,9 @@ The core (datasets, discriminants, spectra, scoring with torch, the app) install
 - ``root``: ROOT files with uproot (Delphes input, :mod:`sophon.delphes`; histograms,
   :mod:`sophon.histograms`);
 - ``figures``: publication figures (:mod:`sophon.figures`: matplotlib, in mplhep's style when
-  mplhep is there).
+  mplhep is there);
+- ``anomaly``: the weakly supervised searches on the latents (:mod:`sophon.anomaly`:
+  scikit-learn's gradient boosting).
 
 A module of an extra is imported inside the function that needs it, through :func:`require` (or
 checked with :func:`require_all`), so that a missing one raises :class:`MissingExtraError` naming
@@ -37,6 +39,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "embed": ("umap",),
     "root": ("uproot",),
     "figures": ("matplotlib", "mplhep"),
+    "anomaly": ("sklearn",),
     # weaver-core's ParticleTransformer, the reference the model tests compare against
     # (sophon.oracle; install with --no-deps)
     "oracle": ("weaver",),

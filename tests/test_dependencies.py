@@ -31,12 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sophon", "app")
 OWN = {"sophon", "app"}
 #: import name -> distribution name, where they differ
-DISTRIBUTIONS = {"yaml": "pyyaml", "umap": "umap-learn", "weaver": "weaver-core"}
+DISTRIBUTIONS = {"yaml": "pyyaml", "umap": "umap-learn", "weaver": "weaver-core",
+                 "sklearn": "scikit-learn"}
 #: optional modules imported with a fallback that no extra can install
 UNDECLARED = {"cuml": "RAPIDS' GPU UMAP (sophon/embedding.py), not on PyPI; falls back to "
                       "umap-learn"}
 #: the extras the test suite needs (the Makefile installs them)
-TEST_EXTRAS = {"test", "generate", "onnx", "embed", "root", "figures"}
+TEST_EXTRAS = {"test", "generate", "onnx", "embed", "root", "figures", "anomaly"}
 
 
 def _normalised(name: str) -> str:
