@@ -351,12 +351,13 @@ def _event_shares(analysis, discriminant, efficiency: float):
 def check_triboson_selection(analysis, discriminant, process: str | None, term: str | None,
                              efficiency: float = 1e-4) -> bool:
     """Exercise 2c: which SM ``process`` does the event-level ``discriminant`` select most at
-    the event efficiency ``efficiency``, and which numerator ``term`` (its label) brings it in?
+    the event efficiency ``efficiency``, besides the QCD it is built to reject, and which
+    numerator ``term`` (its label) brings it in?
 
-    The right process is the one with the largest share of the passing events' weight; the
-    right term is the one whose removal lowers that share most (the other terms keep their
-    weights, the denominator stays). True when both answers are right; prints how many
-    (effective) events the shares rest on, and a hint otherwise."""
+    The right process is the one other than QCD with the largest share of the passing events'
+    weight; the right term is the one whose removal lowers that share most (the other terms
+    keep their weights, the denominator stays). True when both answers are right; prints how
+    many (effective) events the shares rest on, and a hint otherwise."""
     if discriminant is None or process is None or term is None:
         print("Not answered yet: set `my_triboson`, `selected_process` and `responsible_term`.")
         return False
@@ -368,7 +369,11 @@ def check_triboson_selection(analysis, discriminant, process: str | None, term: 
         return False
     print(f"At {efficiency:g} of the events: {events:,} events pass ({effective:,.1f} effective); "
           f"{process} makes {shares[process]:.0%} of their weight.")
-    largest = max(shares, key=shares.get)
+    if process == "QCD":
+        print("=> QCD is the background the denominator rejects (what passes of it is a few "
+              "events of large weight): which other process makes the most of what passes?")
+        return False
+    largest = max((name for name in shares if name != "QCD"), key=shares.get)
     if process != largest:
         print("=> Another process makes more of what passes: look at the event view's stack.")
         return False

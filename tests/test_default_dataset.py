@@ -113,9 +113,10 @@ PEAK_RANGES = {"A1: X->cs": (65.0, 105.0), "A2: X->bb": (80.0, 135.0),
 
 
 #: What the rebuilt default does not reach yet (issue 12, docs/default_dataset.md): the 2M-event
-#: sample keeps 10-20 QCD jets at eps = 1e-4, each of weight 800-2,600 events, so the summed
-#: spectrum of A1 and A2 still peaks where a few QCD jets fall and Kish's effective number of jets
-#: is about 26 at 1e-4 (200-220 at 1e-3). Strict: a mark turns red the day its check passes.
+#: sample keeps 10-20 QCD jets at eps = 1e-4, each of weight 800-2,600 events, so QCD is still
+#: half of A1's selection (51 %) and A2's summed spectrum peaks where a few QCD jets fall, and
+#: Kish's effective number of jets is 27-41 at 1e-4 (200-250 at 1e-3). Strict: a mark turns red
+#: the day its check passes.
 FEW_QCD_JETS = pytest.mark.xfail(
     strict=True, reason="issue 12: 10-20 QCD jets of 800-2,600 events each pass eps = 1e-4; "
                         "several times more QCD events are needed (docs/default_dataset.md)")
