@@ -70,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sophon import stats
 from sophon.extras import require
 from sophon.spectrum import thresholds_for_efficiencies
 from sophon.stats import asimov_significance
@@ -392,9 +393,8 @@ def default_classifier(seed: int, *, max_iter: int = 100) -> QuantileBoosting:
 
 
 def effective_count(weight: np.ndarray) -> float:
-    """Kish's effective number of jets (sum w)^2 / sum w^2 (0 for no weight)."""
-    squared = float(np.sum(np.square(weight)))
-    return float(np.sum(weight)) ** 2 / squared if squared > 0 else 0.0
+    """Kish's effective number of jets (sum w)^2 / sum w^2 of ``weight`` (0 for no weight)."""
+    return stats.effective_count(np.sum(weight), np.sum(np.square(weight)))
 
 
 def _balanced(weight: np.ndarray, label: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sophon.stats import asimov_significance
+from sophon.stats import asimov_significance, effective_count
 
 __all__ = [
     "DEFAULT_EFFICIENCIES",
@@ -320,7 +320,7 @@ class EfficiencyScan:
         squared = float(self.spectrum_variance(level, processes)[first:last].sum())
         edges = self.binning.edges
         return BinnedYield(events=events, error=float(np.sqrt(squared)),
-                           effective_jets=events ** 2 / squared if squared > 0 else 0.0,
+                           effective_jets=effective_count(events, squared),
                            low=float(edges[first]), high=float(edges[last]))
 
     def window_yield(self, level: int, window: tuple[float, float],
@@ -349,8 +349,8 @@ class EfficiencyScan:
     def effective_jets(self, level: int) -> float:
         """Kish's effective number of jets passing ``level``, (sum w)^2 / sum w^2 over all
         processes and masses: how many equal-weight jets would carry the same statistics."""
-        squared = float(self.sum_of_weights_squared[level].sum())
-        return float(self.sum_of_weights[level].sum()) ** 2 / squared if squared > 0 else 0.0
+        return effective_count(self.sum_of_weights[level].sum(),
+                               self.sum_of_weights_squared[level].sum())
 
     def largest_weight_share(self, level: int) -> float:
         """The largest single jet's share of the weight passing ``level`` (0 when empty)."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from sophon.discriminant import PRESETS
 from sophon.labels import FAMILIES, FAMILY_OF_CLASS, N_CLASSES, REWEIGHT_GROUP_OF_CLASS
+from sophon.stats import effective_count
 
 __all__ = ["TAGGING_PRESETS", "SIGNAL_EFFICIENCIES", "background_rejection", "tagging_figures",
            "class_accuracies", "selection_score", "RocCurve", "weighted_roc"]
@@ -183,5 +184,4 @@ def weighted_roc(values: np.ndarray, weights: np.ndarray, signal: np.ndarray,
         signal_efficiency=signal_weight[last] / signal_total,
         background_efficiency=background_weight[last] / background_total,
         background_error=np.sqrt(squared) / background_total,
-        background_effective_jets=np.divide(background_weight[last] ** 2, squared,
-                                            out=np.zeros_like(squared), where=squared > 0))
+        background_effective_jets=effective_count(background_weight[last], squared))

@@ -177,3 +177,14 @@ def test_densest_window_holds_half_the_weight_in_the_narrowest_interval():
     low, high = densest_window(mass, weights, binning)
     assert low <= mass[600] < high and high - low == 10.0
     assert densest_window(np.array([np.nan]), np.array([1.0]), binning) == (0.0, 500.0)
+
+
+def test_effective_count_is_kish_for_scalars_and_arrays():
+    from sophon.stats import effective_count
+
+    weights = np.array([1.0, 1.0, 100.0])
+    assert effective_count(weights.sum(), (weights ** 2).sum()) == pytest.approx(102 ** 2 / 10_002)
+    assert effective_count(40.0, 40.0) == 40.0
+    assert effective_count(0.0, 0.0) == 0.0
+    np.testing.assert_allclose(effective_count(np.array([4.0, 0.0, 6.0]), np.array([8.0, 0.0, 12.0])),
+                               [2.0, 0.0, 3.0])
