@@ -61,7 +61,6 @@ repeated trainings (Fig. 5).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -71,6 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from sophon import stats
+from sophon.cli import report_json
 from sophon.extras import require
 from sophon.spectrum import thresholds_for_efficiencies
 from sophon.stats import asimov_significance
@@ -929,11 +929,7 @@ def _main(args: argparse.Namespace) -> int:
     summary = result.to_dict()
     summary["dataset"] = str(args.dataset)
     summary["jets"] = len(sample)
-    text = json.dumps(summary, indent=1)
-    if args.output is not None:
-        args.output.write_text(text + "\n")
-    print(text)
-    return 0
+    return report_json(summary, args.output)
 
 
 def register_cli(subparsers) -> None:

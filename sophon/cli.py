@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 
 from sophon import __version__
@@ -35,6 +37,19 @@ _COMMAND_MODULES = (
 #: the app's server script, reached by name when ``sophon serve`` runs (the library itself
 #: imports nothing from the app)
 SERVE_MODULE = "app.serve"
+
+
+def report_json(summary: dict, output: str | os.PathLike | None = None) -> int:
+    """How a command reports its JSON summary: printed, and written to ``output`` (atomically,
+    the same text) when one is given. Returns the exit code 0."""
+    from sophon.atomic import atomic_output
+
+    text = json.dumps(summary, indent=1)
+    if output is not None:
+        with atomic_output(output) as temporary:
+            temporary.write_text(text + "\n")
+    print(text)
+    return 0
 
 
 def _register_missing(subparsers, command: str, error: MissingExtraError) -> None:

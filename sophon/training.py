@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from sophon.atomic import atomic_output
+from sophon.cli import report_json
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
 from sophon.labels import N_CLASSES, REWEIGHT_GROUP_OF_CLASS, REWEIGHT_GROUPS
 from sophon.model import (SophonConfig, SophonModel, count_parameters, freeze_batch_norms,
@@ -645,7 +646,6 @@ def _main(args: argparse.Namespace) -> int:
 
 def _evaluate_main(args: argparse.Namespace) -> int:
     figures = evaluate_model(args.model, args.inputs, device=args.device, precision=args.precision)
-    text = json.dumps(figures, indent=1)
     if args.learning_curves:
         from sophon.figures import learning_curves_figure, save_figure
 
@@ -655,11 +655,7 @@ def _evaluate_main(args: argparse.Namespace) -> int:
             raise SystemExit(f"{history_file}: no training history beside the checkpoint")
         save_figure(learning_curves_figure(history), args.learning_curves,
                     title=f"learning curves of {args.model.name}")
-    if args.output:
-        with atomic_output(args.output) as temporary:
-            temporary.write_text(text)
-    print(text)
-    return 0
+    return report_json(figures, args.output)
 
 
 def register_cli(subparsers) -> None:

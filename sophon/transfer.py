@@ -37,7 +37,6 @@ are unbiased.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sophon.atomic import DATASET_METADATA_KEY, atomic_output, write_table_atomic
+from sophon.cli import report_json
 from sophon.discriminant import Discriminant, DiscriminantError, Term
 from sophon.labels import GROUPS, LABELS, mask as class_mask
 from sophon.manifest import verify_listed
@@ -741,12 +741,7 @@ def _main(args: argparse.Namespace) -> int:
                         f"against {result.background}")
         summary["written"] = {"column": COLUMN_PREFIX + args.column,
                               "files": [str(p) for p in written]}
-    text = json.dumps(summary, indent=1)
-    if args.output:
-        with atomic_output(args.output) as temporary:
-            temporary.write_text(text)
-    print(text)
-    return 0
+    return report_json(summary, args.output)
 
 
 def register_cli(subparsers) -> None:
