@@ -44,3 +44,16 @@ def synthetic_dataset(synthetic_path):
     from sophon.store import JetDataset
 
     return JetDataset(synthetic_path)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """``(path, model)``: a `small` model with random (seeded) weights, in eval mode, saved as a
+    checkpoint: the score head of the test datasets built from latents."""
+    from sophon.model import SophonModel, randomize_weights_, save_checkpoint
+    from sophon.training import TRAINING_CONFIGS
+
+    model = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=3).eval()
+    path = tmp_path_factory.mktemp("models") / "small.pt"
+    save_checkpoint(model, path)
+    return path, model

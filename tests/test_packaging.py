@@ -15,14 +15,6 @@ from sophon.store import SCORE_COLUMNS, DatasetError, DatasetMetadata, JetDatase
 from sophon.training import TRAINING_CONFIGS
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    model = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=3).eval()
-    path = tmp_path_factory.mktemp("models") / "small.pt"
-    save_checkpoint(model, path)
-    return path, model
-
-
 def _scored(path, model, n=3000, seed=0):
     """A dataset whose scores are the model head of its latents, as `sophon score` writes them."""
     rng = np.random.default_rng(seed)

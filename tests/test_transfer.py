@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from sophon.cli import main
-from sophon.model import (SophonModel, head_probabilities, randomize_weights_, save_checkpoint,
-                          sophon_config)
+from sophon.model import SophonModel, head_probabilities, sophon_config
 from sophon.packaging import package_dataset
 from sophon.store import DatasetError, DatasetMetadata, JetDataset, write_dataset
-from sophon.training import PT_EDGES, SDMASS_EDGES, TRAINING_CONFIGS
+from sophon.training import PT_EDGES, SDMASS_EDGES
 from sophon.transfer import (JetSet, TransferOptions, fit_transfer, node_discriminants,
                              preloaded_head, training_weights, write_score_column)
 
@@ -31,14 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    model = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=3).eval()
-    path = tmp_path_factory.mktemp("models") / "small.pt"
-    save_checkpoint(model, path)
-    return path, model
 
 
 def _separable(path, *, n_signal=2000, n_background=2000, seed=0, model_id="test",
