@@ -277,12 +277,12 @@ def learning_curves_figure(history: Sequence[dict], *, signal_efficiency: str = 
         presets = list(history[-1].get("tagging", {}))
         colours = colormaps["tab10"](np.arange(len(presets)) % 10)
         for colour, preset in zip(colours, presets):
-            rows = [(epoch, r["tagging"][preset][signal_efficiency]) for epoch, r
-                    in zip(epochs, history) if preset in r.get("tagging", {})]
+            rows = [(epoch, r["tagging"][preset]) for epoch, r in zip(epochs, history)
+                    if preset in r.get("tagging", {})]
             x = np.array([epoch for epoch, _ in rows])
-            passing = np.array([cell["qcd_passing"] for _, cell in rows], dtype=float)
-            total = np.array([r["tagging"][preset]["qcd_jets"] for r in history
-                              if preset in r.get("tagging", {})], dtype=float)
+            passing = np.array([cell[signal_efficiency]["qcd_passing"] for _, cell in rows],
+                               dtype=float)
+            total = np.array([cell["qcd_jets"] for _, cell in rows], dtype=float)
             rejection = total / np.maximum(passing, 1.0)
             # a rejection from n passing jets is known to about 1/sqrt(n)
             error = rejection / np.sqrt(np.maximum(passing, 1.0))

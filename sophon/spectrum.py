@@ -187,9 +187,9 @@ def thresholds_for_efficiencies(values: np.ndarray, weights: np.ndarray,
     # is where the weight above its bucket plus the weight accumulated within its run reaches the
     # target: one search over the candidates' running sum (levels x log(candidates), not a pass
     # over the candidates for each level)
-    descending = -buckets[order].astype(np.int64)
-    starts = np.searchsorted(descending, -cut_buckets.astype(np.int64), side="left")
-    ends = np.searchsorted(descending, -cut_buckets.astype(np.int64), side="right")
+    descending, wanted = -buckets[order].astype(np.int64), -cut_buckets.astype(np.int64)
+    starts = np.searchsorted(descending, wanted, side="left")
+    ends = np.searchsorted(descending, wanted, side="right")
     running = np.cumsum(weights[order])
     before = np.where(starts > 0, running[np.maximum(starts - 1, 0)], 0.0)
     positions = np.searchsorted(running, targets - above[cut_buckets] + before, side="left")
