@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,generate,onnx,embed,root,figures,anomaly]'
+	$(BIN)/python -m pip install --quiet -e '.[test,generate,onnx,embed,root,figures,anomaly,dask]'
 	# the oracle for the model test: its model file needs only torch, a full install pulls
 	# scipy, pandas, tables, tensorboard and more
 	$(BIN)/python -m pip install --quiet --no-deps weaver-core==0.5.3

@@ -1,0 +1,222 @@
+"""sophon.dask_scan against the in-memory scan, on a LocalCluster of two one-thread worker
+processes with a memory limit: the same thresholds and histograms, jet and event level.
+
+Two SYNTHETIC datasets (test data only) hold the same 20,000 jets in two files of odd-sized row
+groups, so that partitions split events and one event spans the two files:
+
+- with *dyadic* weights (multiples of 2^-10 below 16): every float64 sum of weights or of
+  squared weights over at most 20,000 jets is exact (at most 29 and 43 significant bits), so
+  the order of summation cannot matter and the distributed answer must be bit-identical;
+- with the synthetic sample's own (continuous) weights: thresholds, jet counts and largest
+  weights are still identical; sums of weights, summed per partition and then in a tree
+  instead of jet by jet, may differ by rounding: a relative 1e-12 bounds it (n eps with
+  n = 20,000 jets is 4.4e-12 in the worst case; the typical error, sqrt(n) eps, is 3e-14).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+from sophon.analysis import DatasetAnalysis  # noqa: E402
+from sophon.dask_scan import (DaskScanner, dataset_partitions, key_values,  # noqa: E402
+                              order_keys)
+from sophon.discriminant import PRESETS, Discriminant, Term  # noqa: E402
+from sophon.store import DatasetError, DatasetMetadata, JetDataset, write_dataset  # noqa: E402
+from sophon.synthetic import make_synthetic  # noqa: E402
+
+N_JETS = 20_000
+SPLIT = 9_999  # the first file ends inside event 4,999 (rows 9,998 and 9,999)
+ROW_GROUP = 1_777  # odd: row groups and partitions split events too
+WORKER_MEMORY = 400_000_000  # bytes per worker
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      memory_limit=WORKER_MEMORY, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return make_synthetic(N_JETS, seed=7, with_latents=False)
+
+
+def _write_parts(folder: Path, sample, weights: np.ndarray) -> Path:
+    folder.mkdir()
+    metadata = DatasetMetadata(luminosity_fb=100.0, model_id="synthetic")
+    for number, (start, stop) in enumerate(((0, SPLIT), (SPLIT, N_JETS))):
+        columns = {name: values[start:stop] for name, values in sample.columns.items()}
+        columns["weight"] = weights[start:stop]
+        path = folder / f"part-{number}.parquet"
+        write_dataset(path, columns, scores=sample.scores[start:stop], metadata=metadata)
+        pq.write_table(pq.read_table(path), path, row_group_size=ROW_GROUP)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dyadic(sample, tmp_path_factory) -> Path:
+    weights = np.round(sample.columns["weight"] * 1024) / 1024
+    return _write_parts(tmp_path_factory.mktemp("dyadic") / "dataset", sample, weights)
+
+
+@pytest.fixture(scope="module")
+def continuous(sample, tmp_path_factory) -> Path:
+    return _write_parts(tmp_path_factory.mktemp("continuous") / "dataset", sample,
+                        sample.columns["weight"])
+
+
+@pytest.fixture(scope="module")
+def in_memory(dyadic):
+    return DatasetAnalysis(JetDataset(dyadic))
+
+
+def _assert_same_scan(got, want, *, exact: bool) -> None:
+    np.testing.assert_array_equal(got.thresholds, want.thresholds)
+    assert got.thresholds.dtype == want.thresholds.dtype
+    np.testing.assert_array_equal(got.efficiencies, want.efficiencies)
+    assert got.process_names == want.process_names and got.binning == want.binning
+    assert got.mass_label == want.mass_label
+    np.testing.assert_array_equal(got.jet_counts, want.jet_counts)
+    np.testing.assert_array_equal(got.max_weight, want.max_weight)
+    for name in ("sum_of_weights", "sum_of_weights_squared", "achieved_efficiencies"):
+        if exact:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        else:
+            np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-12,
+                                       atol=0, err_msg=name)
+
+
+def test_order_keys_follow_the_float_order():
+    values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, np.inf], dtype=np.float32)
+    keys = order_keys(values)
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0) and keys[3] == keys[4]  # -0.0 is +0.0
+    np.testing.assert_array_equal(key_values(keys), values + np.float32(0))
+
+
+def test_partitions_join_row_groups_of_one_file(dyadic):
+    files = sorted(dyadic.glob("*.parquet"))
+    partitions = dataset_partitions(files, rows_per_partition=4_000)
+    assert sum(p.rows for p in partitions) == N_JETS
+    assert [p.first_row for p in partitions] == list(np.cumsum([0] + [p.rows for p in
+                                                                      partitions])[:-1])
+    assert all(p.rows <= 4_000 for p in partitions) and len({p.file for p in partitions}) == 2
+    assert dataset_partitions(files, 1)[0].row_groups == (0,)  # a row group is never split
+
+
+@pytest.mark.parametrize("reference", ["all", "QCD"])
+@pytest.mark.parametrize("jets", ["all", "leading"])
+def test_jet_scan_is_the_in_memory_scan(client, dyadic, in_memory, reference, jets):
+    scanner = DaskScanner(dyadic, client=client, rows_per_partition=4_000)
+    discriminant = PRESETS["A1: X->cs"]
+    got = scanner.jet_scan(discriminant, reference=reference, jets=jets)
+    _assert_same_scan(got, in_memory.jet_scan(discriminant, reference=reference, jets=jets),
+                      exact=True)
+    report = scanner.last_report
+    assert report.passes == 2 and report.partitions == len(scanner.partitions) == 6
+    assert 0 < report.candidates < N_JETS / 20  # only the cut buckets' jets reach the driver
+    assert np.all(report.decision_margins > 1e-13)  # far from any rounding of the sums
+
+
+def test_continuous_weights_differ_by_rounding_only(client, continuous):
+    scanner = DaskScanner(continuous, client=client, rows_per_partition=4_000)
+    discriminant = PRESETS["A3: X->b q q"]
+    want = DatasetAnalysis(JetDataset(continuous)).jet_scan(discriminant, reference="QCD")
+    _assert_same_scan(scanner.jet_scan(discriminant, reference="QCD"), want, exact=False)
+
+
+def test_event_scan_joins_events_split_between_partitions(client, dyadic, in_memory):
+    scanner = DaskScanner(dyadic, client=client, rows_per_partition=4_000)
+    discriminant = PRESETS["W'->WWW triboson"]
+    got = scanner.event_scan(discriminant)
+    _assert_same_scan(got, in_memory.event_scan(discriminant), exact=True)
+    # the events cut by a partition boundary (two jets per event: a boundary at an odd row),
+    # the one across the two files among them
+    split = [p.first_row for p in scanner.partitions[1:] if p.first_row % 2]
+    assert SPLIT in split and scanner.last_report.shared_events == len(split) >= 3
+    np.testing.assert_array_equal(scanner.shared_event_ids(), [[row // 2] * 2 for row in split])
+
+
+def test_crowded_cut_buckets_are_refined_to_the_exact_key(client, dyadic, in_memory):
+    scanner = DaskScanner(dyadic, client=client, rows_per_partition=4_000, max_candidates=40)
+    discriminant = PRESETS["A2: X->bb"]
+    got = scanner.jet_scan(discriminant, reference="QCD")
+    _assert_same_scan(got, in_memory.jet_scan(discriminant, reference="QCD"), exact=True)
+    report = scanner.last_report
+    assert report.passes == 3 and report.refined_levels and report.candidates <= 40
+    got = scanner.event_scan(PRESETS["W'->WWW triboson"])
+    _assert_same_scan(got, in_memory.event_scan(PRESETS["W'->WWW triboson"]), exact=True)
+    assert scanner.last_report.passes == 3
+
+
+def test_bad_values_name_the_file_column_and_row(client, dyadic, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for file in sorted(dyadic.glob("*.parquet")):
+        table = pq.read_table(file)
+        if file.name == "part-1.parquet":
+            weights = table["weight"].to_numpy().copy()
+            weights[1234] = -1.0
+            table = table.set_column(table.schema.get_field_index("weight"), "weight",
+                                     pa.array(weights))
+        pq.write_table(table, bad / file.name, row_group_size=ROW_GROUP)
+    scanner = DaskScanner(bad, client=client, rows_per_partition=4_000)
+    with pytest.raises(DatasetError, match=r"part-1\.parquet: column 'weight' holds -1\.0 at "
+                                           r"row 1234; weights must be"):
+        scanner.jet_scan(PRESETS["A1: X->cs"])
+    with pytest.raises(ValueError, match="decreasing"):
+        scanner.jet_scan(PRESETS["A1: X->cs"], efficiencies=[1e-3, 1e-2])
+
+
+def test_interleaved_events_are_refused_with_the_parts_named(client, dyadic, tmp_path):
+    folder = tmp_path / "interleaved"
+    folder.mkdir()
+    for file in sorted(dyadic.glob("*.parquet")):  # both files hold event ids from 0
+        table = pq.read_table(file)
+        ids = table["event_id"].to_numpy()
+        table = table.set_column(table.schema.get_field_index("event_id"), "event_id",
+                                 pa.array(ids - ids.min()))
+        pq.write_table(table, folder / file.name, row_group_size=ROW_GROUP)
+    scanner = DaskScanner(folder, client=client, max_shared_events=100)
+    with pytest.raises(DatasetError, match=r"part-0\.parquet .*part-1\.parquet.* overlap"):
+        scanner.event_scan(PRESETS["W'->WWW triboson"])
+
+
+def test_a_dataset_larger_than_the_workers_memory(client, sample, tmp_path):
+    """1.2M jets, every score column read (a denominator of all classes): 900 MB of scores
+    against 2 x 400 MB of worker memory. The same 20,000 jets repeated 60 times (one row group
+    each), so the answer is 60 times the in-memory scan of those jets, at the same
+    thresholds."""
+    repeats, rows = 60, N_JETS
+    path = tmp_path / "large" / "part-0.parquet"
+    small = tmp_path / "small.parquet"
+    write_dataset(small, sample.columns, scores=sample.scores,
+                  metadata=DatasetMetadata(luminosity_fb=100.0, model_id="synthetic"))
+    table = pq.read_table(small)
+    path.parent.mkdir()
+    with pq.ParquetWriter(path, table.schema, compression="none") as writer:
+        for _ in range(repeats):
+            writer.write_table(table)
+    assert path.stat().st_size > 2 * WORKER_MEMORY and rows * repeats * 188 * 4 > 9e8
+    workers = set(client.scheduler_info()["workers"])
+    discriminant = Discriminant("X_cs vs all", (Term("X_cs"),), denominator="all")
+    scanner = DaskScanner(path.parent, client=client, rows_per_partition=rows)
+    got = scanner.jet_scan(discriminant)
+    assert set(client.scheduler_info()["workers"]) == workers  # no worker was lost
+    want = DatasetAnalysis(JetDataset(small)).jet_scan(discriminant)
+    np.testing.assert_array_equal(got.thresholds, want.thresholds)
+    np.testing.assert_array_equal(got.jet_counts, repeats * want.jet_counts)
+    np.testing.assert_allclose(got.sum_of_weights, repeats * want.sum_of_weights, rtol=1e-12)
+    assert scanner.last_report.jets_read == repeats * rows
+
