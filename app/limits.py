@@ -17,6 +17,12 @@ so it is bounded here (the numbers are the module constants below; the page says
 - :data:`OUTPUT_MAX_AGE_S`: rescored files (and temporaries left by an interrupted write) older
   than this are deleted when the server starts and before each job, unless loaded or in use.
 
+The Learning tab's jobs (a transfer training, a sliding-window search) cost CPU time only: each
+has its own :class:`Budget` with ``Limits(kind="learning", ...)``
+(:data:`MAX_LEARNING_JOBS_PER_SESSION`, :data:`MAX_LEARNING_JOBS_TOTAL`, no bytes), and their
+sizes are capped by :data:`MAX_TRANSFER_JETS_PER_SET`, :data:`MAX_TRANSFER_EPOCHS`,
+:data:`MAX_SCAN_WINDOWS`, :data:`MAX_SCAN_JETS_PER_WINDOW` and :data:`SCAN_BOOSTING_ITERATIONS`.
+
 Only the app's own files are ever deleted: names matching :data:`OUTPUT_PATTERNS` (what
 :func:`app.views.rescoring.output_path` writes), never other files in a configured folder.
 
@@ -41,6 +47,13 @@ __all__ = [
     "MAX_OUTPUT_BYTES",
     "OUTPUT_MAX_AGE_S",
     "OUTPUT_PATTERNS",
+    "MAX_LEARNING_JOBS_PER_SESSION",
+    "MAX_LEARNING_JOBS_TOTAL",
+    "MAX_TRANSFER_JETS_PER_SET",
+    "MAX_TRANSFER_EPOCHS",
+    "MAX_SCAN_WINDOWS",
+    "MAX_SCAN_JETS_PER_WINDOW",
+    "SCAN_BOOSTING_ITERATIONS",
     "Limits",
     "LimitReached",
     "SessionUsage",
@@ -67,6 +80,25 @@ OUTPUT_MAX_AGE_S = 24 * 3600.0
 #: their atomic writes (sophon.atomic). Nothing else there is ever deleted.
 OUTPUT_PATTERNS = ("*-rescored-*.parquet", ".*-rescored-*.parquet.*.tmp")
 
+# --- the Learning tab (app/views/learning.py): its jobs run in the same worker thread as
+# rescoring, one after the other, and write no files
+#: Learning jobs (a transfer training or a sliding-window search) one session may have
+#: unfinished at a time.
+MAX_LEARNING_JOBS_PER_SESSION = 1
+#: Learning jobs unfinished at a time on the whole server.
+MAX_LEARNING_JOBS_TOTAL = 3
+#: The most jets of each set one transfer training uses (a random subset beyond; the embedded
+#: default holds 74,376 QCD jets and 3,610 Higgs jets).
+MAX_TRANSFER_JETS_PER_SET = 20_000
+#: The most epochs one transfer training runs.
+MAX_TRANSFER_EPOCHS = 100
+#: The most mass windows one sliding-window search scans (the paper's scan has 24).
+MAX_SCAN_WINDOWS = 30
+#: The most training jets of each of a search's classifiers (a uniform subset beyond).
+MAX_SCAN_JETS_PER_WINDOW = 20_000
+#: Boosting iterations of each of a search's classifiers (they stop earlier on their own).
+SCAN_BOOSTING_ITERATIONS = 50
+
 
 class LimitReached(Exception):
     """A limit refuses a job; ``str(error)`` is the message for the page (plain text)."""
@@ -81,6 +113,8 @@ class Limits:
     session_bytes: int = MAX_SESSION_BYTES
     output_bytes: int = MAX_OUTPUT_BYTES
     max_age_s: float = OUTPUT_MAX_AGE_S
+    #: what the jobs are, in the messages ("rescoring job", "learning job")
+    kind: str = "rescoring"
 
     def describe(self) -> str:
         """One sentence for the page."""
@@ -169,7 +203,7 @@ class Budget:
             self._check_session(session)
             if len(self._open) >= limits.jobs_total:
                 raise LimitReached(
-                    f"The server is already running {len(self._open)} rescoring jobs, the most "
+                    f"The server is already running {len(self._open)} {limits.kind} jobs, the most "
                     f"it runs at a time for all users ({limits.jobs_total}). Try again when one "
                     "has finished.")
             used = session.bytes_written + session.bytes_reserved
@@ -215,7 +249,7 @@ class Budget:
         limit = self.limits.jobs_per_session
         if session.running >= limit:
             raise LimitReached(
-                f"This session already has {session.running} rescoring job"
+                f"This session already has {session.running} {self.limits.kind} job"
                 f"{'s' if session.running != 1 else ''} unfinished, the most one session may "
                 f"have ({limit}). Wait for it to finish, or cancel it.")
 

@@ -22,7 +22,7 @@ from sophon import __version__ as SOPHON_VERSION
 
 __all__ = ["SophonApp", "TAB_NAMES"]
 
-TAB_NAMES = ("Spectrum", "Significance", "Events", "Latent space", "Rescoring")
+TAB_NAMES = ("Spectrum", "Significance", "Events", "Latent space", "Rescoring", "Learning")
 TITLE = "Sophon Explorer"
 log = logging.getLogger("sophon.app")
 
@@ -111,6 +111,12 @@ class SophonApp(pn.viewable.Viewer):
     def rescoring(self) -> RescoringView:
         return self._view("rescoring", RescoringView)
 
+    @property
+    def learning(self):
+        from app.views.learning import LearningView  # torch, scikit-learn: when first needed
+
+        return self._view("learning", LearningView)
+
     def _build_tab(self, event) -> None:
         """Replace a tab's placeholder by its view when the tab is first shown."""
         index = event.new
@@ -125,6 +131,8 @@ class SophonApp(pn.viewable.Viewer):
         elif name == "Latent space":
             view = pn.Column(self.latent, pn.pane.Markdown("**Jet detail**", margin=(0, 10)),
                              self.jet_detail, sizing_mode="stretch_width")
+        elif name == "Learning":
+            view = self.learning
         else:
             view = self.rescoring
         self.tabs[index] = (name, view)

@@ -41,7 +41,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +80,8 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 1 << 16
 MAX_SET_TEXT = 4100  # a class query's limit (sophon.labels.MAX_QUERY_LENGTH) and its prefix
 _NAME = re.compile(r"[A-Za-z0-9_]{1,48}")
+#: a progress report: (epochs done, epochs); raise from it to cancel
+Progress = Callable[[int, int], None]
 
 
 def _shown(value, limit: int = 80) -> str:
@@ -565,9 +567,11 @@ def _weighted_loss(head: TransferHead, latents: torch.Tensor, labels: torch.Tens
 
 
 def _train(head: TransferHead, fit: tuple[torch.Tensor, ...], validation: tuple[torch.Tensor, ...],
-           options: TransferOptions, rng: np.random.Generator) -> tuple[list[dict], int]:
+           options: TransferOptions, rng: np.random.Generator,
+           progress: Progress | None = None) -> tuple[list[dict], int]:
     """Minibatch Adam on ``fit`` (latents, labels, weights); the head ends with the weights of
-    the epoch of lowest validation loss. Returns the history and that epoch (1-based)."""
+    the epoch of lowest validation loss. Returns the history and that epoch (1-based).
+    ``progress(epoch, epochs)`` is called after each epoch."""
     optimizer = torch.optim.Adam(head.parameters(), lr=options.learning_rate)
     latents, labels, weights = fit
     history, best_loss, best_epoch, best_state = [], math.inf, 0, None
@@ -590,6 +594,8 @@ def _train(head: TransferHead, fit: tuple[torch.Tensor, ...], validation: tuple[
         if validation_loss < best_loss:
             best_loss, best_epoch = validation_loss, epoch
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        if progress is not None:
+            progress(epoch, options.epochs)
     head.load_state_dict(best_state)
     head.eval()
     return history, best_epoch
@@ -598,11 +604,13 @@ def _train(head: TransferHead, fit: tuple[torch.Tensor, ...], validation: tuple[
 def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
                  background: JetSet | str = "process:QCD", *,
                  model: str | os.PathLike | None = None,
-                 options: TransferOptions = TransferOptions()) -> TransferResult:
+                 options: TransferOptions = TransferOptions(),
+                 progress: Progress | None = None) -> TransferResult:
     """Train a head on the latents of ``signal`` against ``background`` jets (:class:`JetSet`,
     or its text for :meth:`JetSet.parse`) of ``dataset``, preloaded from the head of ``model``
     (default: the checkpoint the dataset names for its scores), and evaluate it on the held-out
-    half beside the best node discriminant."""
+    half beside the best node discriminant. ``progress`` is called with (epochs done, epochs)
+    after each epoch, and may raise to cancel the fit."""
     started = time.perf_counter()
     dataset = dataset if isinstance(dataset, JetDataset) else JetDataset(dataset)
     signal = signal if isinstance(signal, JetSet) else JetSet.parse(signal)
@@ -645,7 +653,7 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
                                                                            validation_rows))
     history, best_epoch = _train(head, (latents[fit], labels[fit], weights[fit]),
                                  (latents[validation], labels[validation], weights[validation]),
-                                 options, rng)
+                                 options, rng, progress)
     head_roc = weighted_roc(head.log_odds(test_jets.latents), test_jets.weights, test_signal,
                             ~test_signal)
     node_roc = weighted_roc(node.log_odds(np.asfortranarray(test_jets.scores)), test_jets.weights,

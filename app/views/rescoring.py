@@ -34,7 +34,8 @@ import shutil
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +53,9 @@ from app.state import (DatasetProblem, data_path, list_models, load_analysis, lo
 from app.views.base import ExplorerView, in_document_lock, problem_message
 from app.views.jet_detail import stored_constituents
 
-__all__ = ["RescoringView", "RescoreJob", "submit", "budget", "estimate_bytes", "gpu_present",
-           "has_constituents", "original_analysis", "stored_model_hash", "offered_models",
-           "jets_to_rescore", "show", "release"]
+__all__ = ["RescoringView", "RescoreJob", "submit", "run_in_worker", "budget", "estimate_bytes",
+           "gpu_present", "has_constituents", "original_analysis", "stored_model_hash",
+           "offered_models", "jets_to_rescore", "show", "release"]
 
 log = logging.getLogger("sophon.app")
 _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophon-rescore")
@@ -64,6 +65,12 @@ _BUDGETS: dict[Path, Budget] = {}
 CHUNK_JETS = 4096
 #: The rescored dataset each session shows (its one kept output), by the session's usage record.
 _SHOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def run_in_worker(task: Callable[[], object]) -> Future:
+    """Run ``task`` in the process-wide worker thread that runs the app's long jobs one at a
+    time (rescoring, and the Learning tab's trainings and searches)."""
+    return _EXECUTOR.submit(task)
 
 
 def budget() -> Budget:
@@ -260,7 +267,7 @@ def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto",
                          ticket=ticket, budget=account)
         _JOBS[output] = job
     try:
-        _EXECUTOR.submit(job.run)
+        run_in_worker(job.run)
     except BaseException:
         account.close(ticket)
         raise
