@@ -31,6 +31,8 @@ WORKSHOP = (
     "05_exercises.ipynb",
     "05_exercises_solutions.ipynb",
     "06_files_and_figures.ipynb",
+    "07_transfer_learning.ipynb",
+    "08_anomaly_search.ipynb",
 )
 KERNEL_NAME = "sophon-workshop"
 CELL_TIMEOUT_S = 300  # one cell; a whole notebook takes seconds to tens of seconds
