@@ -54,7 +54,7 @@ other sessions keep working). At most :data:`~app.limits.MAX_LEARNING_JOBS_PER_S
 session and :data:`~app.limits.MAX_LEARNING_JOBS_TOTAL` on the server are unfinished at a time
 (:func:`learning_budget`, an :class:`app.limits.Budget`; a limit reached is said in the page and
 starts nothing). The page polls the job for its progress bar (epochs, windows); **Cancel** stops
-it after the current epoch or window. Every message that quotes what was typed is shown as text
+it after the current epoch or window, and so does closing the page. Every message that quotes what was typed is shown as text
 (never HTML); a failure is its message, never a traceback.
 """
 
@@ -493,7 +493,15 @@ class LearningView(ExplorerView):
         # significance (precedence 100)
         self.explorer.param.watch(self._keep_head, "discriminant", precedence=50)
         self.explorer.param.watch(self._on_analysis, "analysis")
+        document = pn.state.curdoc
+        if document is not None and document.session_context is not None:
+            # a closed page's job stops after its current step: the worker serves the others
+            document.on_session_destroyed(lambda context: self._cancel_quietly())
         self._update_availability()
+
+    def _cancel_quietly(self) -> None:
+        if self.job is not None:
+            self.job.cancel.set()
 
     # --- construction ---------------------------------------------------------------------------
     def _default_sets(self) -> None:
