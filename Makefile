@@ -63,20 +63,27 @@ bench: install
 	$(BIN)/python benchmarks/bench_core.py --jets 1000000 10000000
 
 # Rebuild the embedded default dataset from scratch with the model $(DEFAULT_MODEL) (made by
-# `make model`): a two-million-event SM sample (resumable), scored, thinned to the storage budget
-# and embedded; the manifest records each rewrite of the shipped file (loading verifies it).
-# Intermediate files go to $(WORK). Design and timings: docs/default_dataset.md.
+# `make model`): a two-million-event SM sample and a two-million-event QCD extension from pTHat
+# 300 GeV (both resumable), combined without bias (`sophon extend-sm`), scored, thinned to the
+# storage budget and embedded; the manifest records each rewrite of the shipped file (loading
+# verifies it). Intermediate files go to $(WORK). Design and timings: docs/default_dataset.md.
 WORK          ?= build/default
 DEFAULT_MODEL ?= data/models/sophon-small-v2.pt
 SM_EVENTS     ?= 2000000
 SM_PROCESSES  ?= QCD=0.88,W+jets=0.035,Z+jets=0.035,ttbar=0.03,single top=0.006,diboson=0.007,Higgs=0.007
-THIN_KEEP     ?= 0.45
+QCD_EVENTS    ?= 2000000
+THIN_KEEP     ?= 0.09
 default: install
 	$(BIN)/sophon generate sm --events $(SM_EVENTS) --seed 8 --no-mpi --lumi 138 --bias-power 1.5 \
 	  --processes "$(SM_PROCESSES)" -o $(WORK)/sm
-	$(BIN)/sophon score $(WORK)/sm/SM.parquet --model $(DEFAULT_MODEL) -o $(WORK)/scored --precision fp32
+	$(BIN)/sophon generate sm --events $(QCD_EVENTS) --seed 9 --no-mpi --lumi 138 --bias-power 1.5 \
+	  --pt-hat-min 300 --processes QCD=1 -o $(WORK)/qcd300
+	test -f $(WORK)/combined/SM.parquet || $(BIN)/sophon extend-sm $(WORK)/sm/SM.parquet \
+	  $(WORK)/qcd300/SM.parquet -o $(WORK)/combined/SM.parquet
+	$(BIN)/sophon score $(WORK)/combined/SM.parquet --model $(DEFAULT_MODEL) -o $(WORK)/scored \
+	  --precision fp32
 	$(BIN)/sophon package $(WORK)/scored -o data/default/sm.parquet --model $(DEFAULT_MODEL) \
-	  --constituents $(WORK)/sm/SM.parquet --constituent-jets 1500 --latent-codes \
+	  --constituents $(WORK)/combined/SM.parquet --constituent-jets 1500 --latent-codes \
 	  --protect-efficiency 1e-3 --thin-keep $(THIN_KEEP) --seed 0
 	$(BIN)/sophon manifest record data/default/sm.parquet
 	$(BIN)/sophon embed data/default --seed 0
