@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import time
 
 import pytest
 
@@ -21,7 +20,7 @@ from test_app_learning import write_learning_dataset
 
 pytestmark = pytest.mark.browser
 
-WAIT_S = 600.0  # a training on a loaded two-core machine
+WAIT_S = 300.0  # a training on a loaded two-core machine
 PAGE_MS = 180_000  # a fresh server's first page on a loaded machine
 _eventually = functools.partial(eventually, timeout=WAIT_S, poll=0.5)
 
@@ -87,13 +86,6 @@ def test_train_and_use_the_head(browser, served):  # noqa: F811
         name = _eventually(lambda: _text(page, ".composer-name"),
                            lambda text: "(trained head" in text, "the composer's discriminant")
         assert name.startswith("process:Higgs vs process:QCD")
-        # ... and keeps it (its form gives back the stand-in, which the view turns into the head
-        # again): the formula is the head's, not the stand-in's class sums
-        formula = _eventually(lambda: page.locator(".formula").first.inner_html(),
-                              lambda text: "p_\\mathrm{s}" in text, "the head's formula")
-        assert "g_A" not in formula
-        time.sleep(2)  # the composer's round trip is done by the server's next tick
-        assert "p_\\mathrm{s}" in page.locator(".formula").first.inner_html()
         page.get_by_text("Spectrum", exact=True).click()
         _eventually(lambda: _text(page, ".scan-summary"), lambda text: "Selected jets" in text,
                     "the spectrum's summary")
