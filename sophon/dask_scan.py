@@ -59,6 +59,7 @@ cluster (:func:`local_client`). Without a ``client`` a scan runs on dask's curre
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -141,11 +142,13 @@ def local_client(workers: int | None = None, *, threads_per_worker: int = 1,
                  memory_limit: str | int | None = "auto", processes: bool = True, **options):
     """A ``distributed.Client`` on a new ``LocalCluster`` of this machine: ``workers`` processes
     (default: one per core) of ``threads_per_worker`` threads, each allowed ``memory_limit``
-    (bytes or text such as ``"400MB"``; "auto": the machine's memory shared out). Close it
-    with ``client.close(); client.cluster.close()`` (or use it as a context manager)."""
+    (bytes or text such as ``"400MB"``; "auto": the machine's memory shared out); logs below
+    errors silenced (``silence_logs`` in ``options`` to change it). Close it
+    with ``client.close(); client.cluster.close()``."""
     require_dask("a local Dask cluster", distributed=True)
     from distributed import Client, LocalCluster
 
+    options.setdefault("silence_logs", logging.ERROR)  # not the nanny's notes on shutting down
     cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
                            threads_per_worker=threads_per_worker, processes=processes,
                            memory_limit=memory_limit, dashboard_address=None, **options)
@@ -963,7 +966,8 @@ class DaskScanner:
         # traverse=False: the arguments are shipped as they are (once per worker), never
         # unpacked and rebuilt by dask
         shared = [dask.delayed(argument, traverse=False) for argument in arguments]
-        level = [dask.delayed(task, pure=False)(dask.delayed(partition, traverse=False), *shared)
+        level = [dask.delayed(_releasing, pure=False)(task, dask.delayed(partition,
+                                                                         traverse=False), *shared)
                  for partition in (self.partitions if partitions is None else partitions)]
         while len(level) > 1:
             level = [dask.delayed(merge, pure=False)(level[i:i + self.split_every])
@@ -1178,6 +1182,16 @@ class DaskScanner:
             found = iter(read)
             ranges = [r if r is not None else next(found) for r in ranges]
         return ranges
+
+
+def _releasing(task: Callable[..., Any], *arguments) -> Any:
+    """``task(*arguments)``, then the memory pyarrow's pool keeps of the partition's columns
+    handed back to the system: a worker's memory is what the distributed scheduler watches (it
+    pauses a worker at 80 % of its limit), and the pool would otherwise hold it."""
+    try:
+        return task(*arguments)
+    finally:
+        pa.default_memory_pool().release_unused()
 
 
 def _event_id_range(partition: Partition) -> list[tuple[int, int]]:

@@ -11,6 +11,7 @@ Command line::
 
     sophon score INPUT.parquet... --model sophon.pt -o DATASET [--device auto|cpu|cuda]
                  [--precision auto|fp32|bf16|fp16] [--batch-size N] [--compile] [--overwrite]
+                 [--dask [ADDRESS] [--dask-workers N]]
 
 writes ``DATASET/part-<input stem>.parquet`` per input (atomically), skipping inputs whose part is
 already complete, so an interrupted run resumes where it stopped. An input ending in ``.root`` is
@@ -27,6 +28,11 @@ any jet is scored), a jet with a non-finite constituent or jet input (the messag
 file, the jet's row and the column), a model that gives a non-finite score or latent (the file
 and the row). SIGTERM and SIGINT stop the run cleanly: the part being written is removed, parts
 already complete are kept (a rerun resumes), and the exit code is 128 + the signal number.
+
+``--dask [ADDRESS]`` (:func:`score_files_on_dask`, the ``dask`` extra) scores each input as a
+task on a Dask cluster: the scheduler at ADDRESS, or a LocalCluster of ``--dask-workers``
+one-thread processes on this machine. The parts, their atomic writes and the resumption are
+those of the run in one process; the progress bar advances as the scheduler reports inputs done.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ __all__ = [
     "OPTIONAL_JET_COLUMNS",
     "score_table",
     "score_files",
+    "score_files_on_dask",
     "rescore_dataset",
     "constituent_counts",
     "part_path",
@@ -71,6 +78,10 @@ T = TypeVar("T")
 OPTIONAL_JET_COLUMNS: tuple[str, ...] = ("jet_label", "event_id", "jet_rank", "process", "weight")
 # Jets read and featurised at once from a file: bounds memory, and is the pool sorted into buckets.
 DEFAULT_CHUNK_JETS = 32_768
+# sophon score --dask without an address: a LocalCluster made for the run
+LOCAL_CLUSTER = "local"
+# how long sophon score --dask ADDRESS waits for the scheduler
+DASK_CONNECT_TIMEOUT = "20s"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,25 +260,12 @@ def _prefetched(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
-def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, scorer: Scorer, *,
-                overwrite: bool = False, luminosity_fb: float | None = None,
-                chunk_jets: int = DEFAULT_CHUNK_JETS, progress: bool = True,
-                prefetch: bool | None = None, log=print,
-                jet_branch: str | None = None) -> list[Path]:
-    """Score JetClass-II parquet files (or Delphes ``.root`` files, their ``jet_branch``, default
-    ``JetPUPPIAK8``) into the dataset directory ``output``, one part per input.
-
-    Files are streamed in chunks of ``chunk_jets`` jets; each part is written atomically once its
-    input is complete, and inputs whose part is already complete (same model, same row count) are
-    skipped. ``prefetch`` (default: when scoring on CUDA) featurises the next chunk in a thread.
-    Returns the part paths in input order.
-    """
-    if prefetch is None:
-        prefetch = getattr(getattr(scorer, "device", None), "type", "cpu") == "cuda"
-    from tqdm.auto import tqdm
-
+def _opened_inputs(inputs: Sequence[str | os.PathLike], output: Path,
+                   jet_branch: str | None, first_event_id: int = 0) -> list[tuple[Path, object]]:
+    """Each input with its reader (checked: it exists, has the JetClass-II columns and jets, and
+    no two inputs write the same part). A Delphes input's ``event_id`` starts where the previous
+    ROOT input's ended, the first at ``first_event_id``."""
     sources = [Path(p) for p in inputs]
-    output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output}: exists and is not a directory (the dataset is a directory "
                          "of parts)")
@@ -281,7 +279,7 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
         seen[source.stem] = source
 
     files: list[tuple[Path, object]] = []
-    next_event_id = 0
+    next_event_id = first_event_id
     for source in sources:
         if is_delphes_input(source):
             from sophon.delphes import DEFAULT_JET_BRANCH, DelphesFile
@@ -295,6 +293,29 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
         if parquet.num_rows == 0:
             raise ValueError(f"{source}: holds no jets (empty file)")
         files.append((source, parquet))
+    return files
+
+
+def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, scorer: Scorer, *,
+                overwrite: bool = False, luminosity_fb: float | None = None,
+                chunk_jets: int = DEFAULT_CHUNK_JETS, progress: bool = True,
+                prefetch: bool | None = None, log=print,
+                jet_branch: str | None = None, first_event_id: int = 0) -> list[Path]:
+    """Score JetClass-II parquet files (or Delphes ``.root`` files, their ``jet_branch``, default
+    ``JetPUPPIAK8``) into the dataset directory ``output``, one part per input.
+
+    Files are streamed in chunks of ``chunk_jets`` jets; each part is written atomically once its
+    input is complete, and inputs whose part is already complete (same model, same row count) are
+    skipped. ``prefetch`` (default: when scoring on CUDA) featurises the next chunk in a thread.
+    ``first_event_id``: the first Delphes input's first event id (the next ones count on).
+    Returns the part paths in input order.
+    """
+    if prefetch is None:
+        prefetch = getattr(getattr(scorer, "device", None), "type", "cpu") == "cuda"
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    files = _opened_inputs(inputs, output, jet_branch, first_event_id)
     check_output_folder(output)
 
     parts: list[Path] = []
@@ -355,6 +376,104 @@ def score_files(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
                                        extra=extra)
             write_dataset(part, jets, scores=np.concatenate(scores), latents=np.concatenate(latents),
                           metadata=metadata)
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring on a Dask cluster
+
+#: Per worker process and thread: the scorer of each (model file as it is now, scorer options),
+#: loaded by the first input a worker scores and kept for the next ones.
+_WORKER_SCORERS: dict[tuple, Scorer] = {}
+_WORKER_SCORERS_LOCK = threading.Lock()
+
+
+def _worker_scorer(model: str, options: dict) -> Scorer:
+    status = os.stat(model)  # a model file rewritten in place is loaded again
+    key = (threading.get_ident(), model, status.st_mtime_ns, status.st_size,
+           tuple(sorted(options.items())))
+    with _WORKER_SCORERS_LOCK:
+        scorer = _WORKER_SCORERS.get(key)
+    if scorer is None:
+        scorer = load_scorer(model, **options)
+        with _WORKER_SCORERS_LOCK:
+            _WORKER_SCORERS[key] = scorer
+    return scorer
+
+
+def _score_input_task(source: str, output: str, model: str, options: dict, overwrite: bool,
+                      luminosity_fb: float | None, chunk_jets: int, jet_branch: str | None,
+                      first_event_id: int) -> tuple[str, list[str]]:
+    """One input scored on a worker into its part of ``output`` (:func:`score_files`, so
+    atomic and skipped when already complete): (the part's path, the messages it logged)."""
+    messages: list[str] = []
+    parts = score_files([source], output, _worker_scorer(model, options), overwrite=overwrite,
+                        luminosity_fb=luminosity_fb, chunk_jets=chunk_jets, progress=False,
+                        log=messages.append, jet_branch=jet_branch, first_event_id=first_event_id)
+    return str(parts[0]), messages
+
+
+def score_files_on_dask(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
+                        model: str | os.PathLike, client, *, scorer_options: dict | None = None,
+                        overwrite: bool = False, luminosity_fb: float | None = None,
+                        chunk_jets: int = DEFAULT_CHUNK_JETS, progress: bool = True, log=print,
+                        jet_branch: str | None = None) -> list[Path]:
+    """:func:`score_files` with each input a task on the Dask cluster of ``client`` (a
+    ``distributed.Client``, or a function returning one, called only when some input is still
+    to be scored: a local cluster is then not started for nothing): the same parts, each written atomically by the worker that scores
+    it, and inputs whose part is already complete skipped (checked here first, and again by the
+    worker), so an interrupted run resumes. Workers load the ``model`` file once each, with
+    ``scorer_options`` (:func:`~sophon.scorers.load_scorer`'s ``device``, ``precision``,
+    ``batch_size``, ``compile``, ``threads``); the model is loaded here too, to stop at once on
+    a bad file. Inputs, model and output must lie at the same paths on every worker (a shared
+    file system). ``progress``: a tqdm bar over jets, advanced as the scheduler reports each
+    input done. The first input that fails stops the run: the inputs not yet started are
+    cancelled and its error is raised. Returns the part paths in input order.
+    """
+    from sophon.dask_scan import require_dask
+
+    require_dask("sophon score --dask", distributed=True)
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    options = dict(scorer_options or {})
+    output = Path(output).resolve()
+    model = Path(model).resolve()
+    files = _opened_inputs([Path(p).resolve() for p in inputs], output, jet_branch)
+    check_output_folder(output)
+    scorer = load_scorer(model, **options)
+    parts: list[Path] = []
+    pending: dict = {}
+    for source, reader in files:
+        part = part_path(output, source)
+        parts.append(part)
+        if not overwrite and _existing_part_state(part, source, reader.num_rows,
+                                                  scorer.model_id) == "complete":
+            log(f"{source.name}: already scored in {part}, skipped")
+            continue
+        if callable(client) and not hasattr(client, "submit"):
+            client = client()
+        future = client.submit(_score_input_task, str(source), str(output), str(model), options,
+                               overwrite, luminosity_fb, chunk_jets, jet_branch,
+                               getattr(reader, "event_id_offset", 0), pure=False,
+                               key=f"sophon-score-{source.name}-{os.urandom(4).hex()}")
+        pending[future] = (source, reader.num_rows)
+    total = sum(rows for _, rows in pending.values())
+    if not pending:
+        return parts
+    try:
+        with tqdm(total=total, unit="jet", unit_scale=True, disable=not progress or total == 0,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for future in as_completed(list(pending)):
+                source, rows = pending[future]
+                _, messages = future.result()  # the worker's error, raised here
+                for message in messages:
+                    log(message)
+                bar.set_description(source.name)
+                bar.update(rows)
+    except BaseException:
+        client.cancel(list(pending))
+        raise
     return parts
 
 
@@ -472,7 +591,59 @@ def _main(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
 
 
+def _score_with_dask(args: argparse.Namespace, log) -> int:
+    """``sophon score --dask [ADDRESS]``: on the scheduler at ADDRESS, or on a LocalCluster of
+    ``--dask-workers`` one-thread processes (default: one per core) made for the run, once some
+    input is left to score."""
+    from sophon.dask_scan import local_client, require_dask
+
+    require_dask("sophon score --dask", distributed=True)
+    from distributed import Client
+
+    options = dict(device=args.device, precision=args.precision, batch_size=args.batch_size,
+                   compile=args.compile, threads=args.threads)
+    made: list = []
+
+    def connect():
+        if args.dask == LOCAL_CLUSTER:
+            client = local_client(args.dask_workers)
+            where = f"a local Dask cluster of {len(client.scheduler_info()['workers'])} worker(s)"
+        else:
+            try:
+                client = Client(args.dask, timeout=DASK_CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as error:
+                raise ValueError(f"--dask {args.dask}: cannot reach the Dask scheduler "
+                                 f"({error})") from None
+            where = f"the Dask scheduler at {args.dask}"
+        made.append(client)
+        log(f"scoring with {args.model} on {where}")
+        return client
+
+    try:
+        parts = score_files_on_dask(args.inputs, args.output, args.model, connect,
+                                    scorer_options=options, overwrite=args.overwrite,
+                                    luminosity_fb=args.luminosity_fb, chunk_jets=args.chunk_jets,
+                                    progress=not args.quiet, log=log, jet_branch=args.jet_branch)
+    finally:
+        for client in made:
+            cluster = client.cluster if args.dask == LOCAL_CLUSTER else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+                # a local worker stopped while writing leaves its part's temporary: remove it
+                for source in args.inputs:
+                    part = part_path(Path(args.output), Path(source))
+                    for temporary in part.parent.glob(f".{part.name}.*.tmp"):
+                        temporary.unlink(missing_ok=True)
+    log(f"wrote {len(parts)} part(s) to {args.output}")
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
+    if getattr(args, "dask", None) is not None:
+        log = (lambda message: None) if args.quiet else \
+            (lambda message: print(message, file=sys.stderr))
+        return _score_with_dask(args, log)
     scorer = load_scorer(args.model, device=args.device, precision=args.precision,
                          batch_size=args.batch_size, compile=args.compile, threads=args.threads)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
@@ -514,5 +685,13 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--jet-branch", default=None, metavar="BRANCH",
                         help="for .root inputs: the Delphes Jet-class branch (default JetPUPPIAK8)")
     parser.add_argument("--overwrite", action="store_true", help="rescore inputs already scored")
+    parser.add_argument("--dask", nargs="?", const=LOCAL_CLUSTER, default=None, metavar="ADDRESS",
+                        help="score each input as a task on a Dask cluster: the scheduler at "
+                             "ADDRESS (e.g. tcp://host:8786), or without ADDRESS a local "
+                             "cluster on this machine's cores (needs the 'dask' extra; inputs, "
+                             "model and output at the same paths on every worker)")
+    parser.add_argument("--dask-workers", type=_positive_int, default=None, metavar="N",
+                        help="with --dask and no ADDRESS: worker processes of the local cluster "
+                             "(default: one per core)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or messages")
     parser.set_defaults(handler=_main)

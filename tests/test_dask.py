@@ -193,6 +193,7 @@ def test_interleaved_events_are_refused_with_the_parts_named(client, dyadic, tmp
         scanner.event_scan(PRESETS["W'->WWW triboson"])
 
 
+@pytest.mark.slow
 def test_a_dataset_larger_than_the_workers_memory(client, sample, tmp_path):
     """1.2M jets, every score column read (a denominator of all classes): 900 MB of scores
     against 2 x 400 MB of worker memory. The same 20,000 jets repeated 60 times (one row group
@@ -214,9 +215,87 @@ def test_a_dataset_larger_than_the_workers_memory(client, sample, tmp_path):
     scanner = DaskScanner(path.parent, client=client, rows_per_partition=rows)
     got = scanner.jet_scan(discriminant)
     assert set(client.scheduler_info()["workers"]) == workers  # no worker was lost
+    resident = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+    assert max(resident.values()) < 0.8 * WORKER_MEMORY  # below where dask pauses a worker
     want = DatasetAnalysis(JetDataset(small)).jet_scan(discriminant)
     np.testing.assert_array_equal(got.thresholds, want.thresholds)
     np.testing.assert_array_equal(got.jet_counts, repeats * want.jet_counts)
     np.testing.assert_allclose(got.sum_of_weights, repeats * want.sum_of_weights, rtol=1e-12)
     assert scanner.last_report.jets_read == repeats * rows
 
+
+# --- sophon score --dask ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def threaded_cluster():
+    """Two one-thread workers in this process (the model loads fast, torch is imported): the
+    scheduler address ``sophon score --dask ADDRESS`` connects to."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def score_inputs(reference_table, tmp_path_factory) -> list[Path]:
+    """The 100 reference JetClass-II jets in three input files."""
+    folder = tmp_path_factory.mktemp("inputs")
+    paths = []
+    for number, (start, stop) in enumerate(((0, 33), (33, 66), (66, 100))):
+        path = folder / f"jets{number}.parquet"
+        pq.write_table(reference_table.slice(start, stop - start), path)
+        paths.append(path)
+    return paths
+
+
+def _score(*argv: str) -> int:
+    from sophon.cli import main
+
+    return main(["score", *argv, "--device", "cpu", "-q"])
+
+
+def test_score_on_dask_writes_the_in_process_parts_and_resumes(threaded_cluster, score_inputs,
+                                                               model_file, tmp_path):
+    model = str(model_file[0])
+    inputs = [str(p) for p in score_inputs]
+    assert _score(*inputs, "--model", model, "-o", str(tmp_path / "here")) == 0
+    assert _score(*inputs, "--model", model, "-o", str(tmp_path / "dask"),
+                  "--dask", threaded_cluster.scheduler_address) == 0
+    for source in score_inputs:
+        here = pq.read_table(tmp_path / "here" / f"part-{source.stem}.parquet")
+        there = pq.read_table(tmp_path / "dask" / f"part-{source.stem}.parquet")
+        assert there.equals(here) and there.schema.metadata == here.schema.metadata
+    assert len(JetDataset(tmp_path / "dask")) == 100  # validates
+    parts = sorted((tmp_path / "dask").glob("part-*.parquet"))
+    assert not [p for p in (tmp_path / "dask").iterdir() if p.name.startswith(".")]
+    # resumable: complete parts are skipped, a missing one is scored again
+    written = {p: p.stat().st_mtime_ns for p in parts}
+    parts[1].unlink()
+    assert _score(*inputs, "--model", model, "-o", str(tmp_path / "dask"),
+                  "--dask", threaded_cluster.scheduler_address) == 0
+    assert parts[0].stat().st_mtime_ns == written[parts[0]]
+    assert parts[2].stat().st_mtime_ns == written[parts[2]]
+    assert pq.read_table(parts[1]).equals(
+        pq.read_table(tmp_path / "here" / parts[1].name))
+    # nothing left to score: no cluster is reached (this address has none)
+    assert _score(*inputs, "--model", model, "-o", str(tmp_path / "dask"),
+                  "--dask", "tcp://127.0.0.1:1") == 0
+
+
+def test_score_on_dask_names_the_bad_input(threaded_cluster, score_inputs, model_file,
+                                           tmp_path, capsys):
+    table = pq.read_table(score_inputs[1])
+    pt = table["jet_pt"].to_numpy().copy()
+    pt[5] = np.nan
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("jet_pt"), "jet_pt",
+                                    pa.array(pt)), bad)
+    output = tmp_path / "out"
+    assert _score(str(score_inputs[0]), str(bad), "--model", str(model_file[0]), "-o",
+                  str(output), "--dask", threaded_cluster.scheduler_address) == 2
+    error = capsys.readouterr().err
+    assert f"{bad}: jet at row 5 has a non-finite value (nan) in column 'jet_pt'" in error
+    assert not (output / "part-bad.parquet").exists()
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
