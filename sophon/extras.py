@@ -39,7 +39,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "embed": ("umap",),
     "root": ("uproot",),
     "figures": ("matplotlib", "mplhep"),
-    "anomaly": ("sklearn",),
+    "anomaly": ("sklearn", "threadpoolctl"),
+    "dask": ("dask", "distributed"),
     # weaver-core's ParticleTransformer, the reference the model tests compare against
     # (sophon.oracle; install with --no-deps)
     "oracle": ("weaver",),

@@ -37,7 +37,7 @@ DISTRIBUTIONS = {"yaml": "pyyaml", "umap": "umap-learn", "weaver": "weaver-core"
 UNDECLARED = {"cuml": "RAPIDS' GPU UMAP (sophon/embedding.py), not on PyPI; falls back to "
                       "umap-learn"}
 #: the extras the test suite needs (the Makefile installs them)
-TEST_EXTRAS = {"test", "generate", "onnx", "embed", "root", "figures", "anomaly"}
+TEST_EXTRAS = {"test", "generate", "onnx", "embed", "root", "figures", "anomaly", "dask"}
 
 
 def _normalised(name: str) -> str:
