@@ -543,10 +543,12 @@ def _event_items(partition: Partition, request: _Request, names: Sequence[str] |
     p4 = np.column_stack([table.finite(name, np.float64) if name == "jet_pt" else
                           table.numbers(name, np.float64) for name in _JET_P4])
     processes = table.process_names(request)
-    strings = (np.asarray(table.process_strings().to_pylist(), dtype=object)
-               if request.has_process else np.full(table.rows, "all", dtype=object))
     boundary = _in_intervals(ids, shared)
     picked = np.flatnonzero(boundary)
+    # the process of each shared event's first jet, as text (only those: few)
+    strings = (np.asarray(table.process_strings().take(pa.array(first[picked])).to_pylist(),
+                          dtype=object) if request.has_process
+               else np.full(len(picked), "all", dtype=object))
 
     def p4_of(jet_rows):
         out = np.full((len(jet_rows), 4), np.nan)
@@ -556,7 +558,7 @@ def _event_items(partition: Partition, request: _Request, names: Sequence[str] |
 
     records = _EventRecords(
         event_id=ids[picked], first_row=partition.first_row + first[picked],
-        weight=weights[first[picked]], process=strings[first[picked]], d_sum=d_sum[picked],
+        weight=weights[first[picked]], process=strings, d_sum=d_sum[picked],
         rank0_row=np.where(chosen[0][picked] >= 0, partition.first_row + chosen[0][picked], -1),
         rank0_p4=p4_of(chosen[0][picked]),
         rank1_row=np.where(chosen[1][picked] >= 0, partition.first_row + chosen[1][picked], -1),
