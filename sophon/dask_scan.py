@@ -73,7 +73,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sophon.discriminant import Discriminant
-from sophon.extras import MissingExtraError
+from sophon.extras import require_all
 from sophon.labels import LABELS, N_CLASSES
 from sophon.labels import mask as class_mask
 from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, DIJET_MASS_LABEL,
@@ -120,21 +120,12 @@ JetChoice = Literal["all", "leading"]
 
 def require_dask(purpose: str = "the Dask scan (sophon.dask_scan)", *,
                  distributed: bool = False):
-    """The ``dask`` module (and check ``distributed`` with ``distributed=True``);
-    :class:`~sophon.extras.MissingExtraError` naming the ``dask`` extra when missing."""
-    missing = []
-    try:
-        import dask
-    except ImportError:
-        dask = None
-        missing.append("dask")
-    if distributed:
-        try:
-            import distributed as _distributed  # noqa: F401
-        except ImportError:
-            missing.append("distributed")
-    if missing:
-        raise MissingExtraError(purpose, "dask", tuple(missing))
+    """The ``dask`` module (and check that ``distributed`` is installed too with
+    ``distributed=True``); :class:`~sophon.extras.MissingExtraError` naming the ``dask`` extra
+    and its pip command when one is missing."""
+    require_all("dask", purpose, ("dask", "distributed") if distributed else ("dask",))
+    import dask
+
     return dask
 
 

@@ -105,6 +105,18 @@ def test_order_keys_follow_the_float_order():
     np.testing.assert_array_equal(key_values(keys), values + np.float32(0))
 
 
+def test_without_the_extra_the_message_names_it(monkeypatch):
+    import sophon.extras
+    from sophon.dask_scan import require_dask
+    from sophon.extras import MissingExtraError
+
+    monkeypatch.setattr(sophon.extras, "_installed", lambda module: module != "distributed")
+    with pytest.raises(MissingExtraError, match=r"sophon score --dask needs distributed, which "
+                                                r"is not installed: pip install "
+                                                r"'sophon-explorer\[dask\]'"):
+        require_dask("sophon score --dask", distributed=True)
+
+
 def test_partitions_join_row_groups_of_one_file(dyadic):
     files = sorted(dyadic.glob("*.parquet"))
     partitions = dataset_partitions(files, rows_per_partition=4_000)
