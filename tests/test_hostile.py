@@ -319,7 +319,7 @@ def _open_link(synthetic_path, search: str) -> SophonApp:
     ("?ref=XYZ", "Not applied from the link: ref='XYZ' (expected one of all, QCD)"),
     ("?norm=maybe", "Not applied from the link: norm='maybe' (expected true or false)"),
     ("?view=bogus", "Not applied from the link: view: no tab 'bogus'; the tabs are spectrum, "
-                    "significance, events, latent-space, rescoring"),
+                    "significance, events, latent-space, rescoring, learning"),
     ("?d=" + json.dumps({"numerator": [{"classes": "X_bb", "weight": "lots"}]}),
      "Not applied from the link: d: term 1: 'weight' must be a number, got text ('lots')"),
     ("?d=" + "[" * 100, f"Not applied from the link: d='{'[' * 59}…' cannot be read"),
