@@ -205,7 +205,9 @@ def test_a_link_lasso_selects_the_same_jets_and_is_bounded(browser, server,  # n
     lasso = ";".join(f"{a:g},{b:g}" for a, b in polygon)
     context, page = _open(browser, f"{server.url}?lasso={urllib.parse.quote(lasso)}")
     try:
-        summary = _eventually(lambda: _text(page, ".selection-summary"), bool,
+        # waits for the lasso's own summary: an earlier render may show another state
+        summary = _eventually(lambda: _text(page, ".selection-summary"),
+                              lambda t: "lasso of 40 points" in t and f"{expected:,} jets" in t,
                               "the selection summary")
         assert f"{expected:,} jets" in summary and "lasso of 40 points" in summary
         assert _search(page).get("lasso") == lasso
@@ -213,7 +215,8 @@ def test_a_link_lasso_selects_the_same_jets_and_is_bounded(browser, server,  # n
         too_many = ";".join(f"{a:g},{b:g}" for a, b in np.tile(polygon, (3, 1)))
         page.goto(f"{server.url}?lasso={urllib.parse.quote(too_many)}&norm=true",
                   timeout=TIMEOUT_MS)
-        notice = _eventually(lambda: _text(page, ".link-notice-text"), bool, "the notice")
+        notice = _eventually(lambda: _text(page, ".link-notice-text"),
+                             lambda t: "lasso=" in t, "the notice")
         assert notice.startswith("Not applied from the link: lasso='") and \
             "(expected 3 to 100 points x,y separated by ';')" in notice
         assert "normalised" in _eventually(lambda: _active_buttons(page),
