@@ -76,8 +76,9 @@ from sophon.discriminant import Discriminant
 from sophon.extras import require_all
 from sophon.labels import LABELS, N_CLASSES
 from sophon.labels import mask as class_mask
-from sophon.spectrum import (DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING, DIJET_MASS_LABEL,
-                             JET_MASS_LABEL, EfficiencyScan, MassBinning)
+from sophon.spectrum import (BUCKET_BITS, DEFAULT_EFFICIENCIES, DEFAULT_MASS_BINNING,
+                             DIJET_MASS_LABEL, JET_MASS_LABEL, EfficiencyScan, MassBinning,
+                             cut_positions, key_values, order_keys)
 from sophon.store import MAX_WEIGHT, SCORE_COLUMNS, DatasetError, JetDataset
 
 __all__ = [
@@ -89,8 +90,6 @@ __all__ = [
     "DEFAULT_MAX_SHARED_EVENTS",
     "DIJET_MASS_BINNING",
     "dataset_partitions",
-    "order_keys",
-    "key_values",
     "require_dask",
     "local_client",
 ]
@@ -104,8 +103,6 @@ DEFAULT_MAX_CANDIDATES = 2_000_000
 DEFAULT_MAX_SHARED_EVENTS = 1_000_000
 #: The dijet-mass binning of :meth:`sophon.analysis.DatasetAnalysis.event_scan` (GeV).
 DIJET_MASS_BINNING = MassBinning(bins=100, low=0.0, high=5000.0)
-BUCKET_BITS = 16  # the bucket pass histograms the top 16 bits of the 32-bit order key,
-# as sophon.spectrum.thresholds_for_efficiencies does
 N_BUCKETS = 1 << BUCKET_BITS
 _LOW_MASK = N_BUCKETS - 1
 _TARGET_TOLERANCE = 1 - 1e-12  # the in-memory search's tolerance for rounding in the sums
@@ -144,28 +141,6 @@ def local_client(workers: int | None = None, *, threads_per_worker: int = 1,
                            threads_per_worker=threads_per_worker, processes=processes,
                            memory_limit=memory_limit, dashboard_address=None, **options)
     return Client(cluster)
-
-
-# ---------------------------------------------------------------------------------------------
-# Order keys
-
-
-def order_keys(values: np.ndarray) -> np.ndarray:
-    """uint32 keys whose order is the float32 order of ``values`` (-inf < ... < +inf; -0.0 is
-    first made +0.0, so that equal values have equal keys): the keys
-    :func:`sophon.spectrum.thresholds_for_efficiencies` buckets."""
-    canonical = np.asarray(values, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = +0.0
-    bits = np.ascontiguousarray(canonical).view(np.int32)
-    flip = (bits >> 31) | np.int32(-0x80000000)
-    return (bits ^ flip).view(np.uint32)
-
-
-def key_values(keys: np.ndarray) -> np.ndarray:
-    """The float32 values of order ``keys`` (the inverse of :func:`order_keys`)."""
-    keys = np.asarray(keys, dtype=np.uint32)
-    positive = keys >= np.uint32(0x80000000)
-    bits = np.where(positive, keys ^ np.uint32(0x80000000), ~keys)
-    return bits.astype(np.uint32).view(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -843,17 +818,10 @@ def _search_candidates(candidates: _Items | None, kind: str, cut_buckets: np.nda
     if not len(values32):
         return result, margins
     order = np.lexsort((order_ids, keys))[::-1]
-    descending, wanted = -buckets[order].astype(np.int64), -cut_buckets.astype(np.int64)
-    starts = np.searchsorted(descending, wanted, side="left")
-    ends = np.searchsorted(descending, wanted, side="right")
-    running = np.cumsum(weights[order])
-    before = np.where(starts > 0, running[np.maximum(starts - 1, 0)], 0.0)
-    positions = np.searchsorted(running, targets - above[cut_buckets] + before, side="left")
-    positions = np.clip(positions, starts, np.maximum(ends - 1, starts))
-    found = ends > starts
+    positions, found, reached = cut_positions(buckets[order], cut_buckets, weights[order],
+                                              above[cut_buckets], targets)
     result[found] = values32[order[positions[found]]]
-    reached = above[cut_buckets] + running[positions] - before  # weight at or above the cut
-    without = reached - weights[order[positions]]
+    without = reached - weights[order[positions]]  # the weight above the cut's own jet
     if total > 0:
         margins[found] = (np.minimum(reached - targets, targets - without) / total)[found]
     return result, margins

@@ -36,6 +36,10 @@ __all__ = [
     "DEFAULT_MASS_BINNING",
     "BinnedYield",
     "thresholds_for_efficiencies",
+    "BUCKET_BITS",
+    "order_keys",
+    "key_values",
+    "cut_positions",
     "nearest_level",
     "densest_window",
     "EfficiencyScan",
@@ -45,8 +49,10 @@ __all__ = [
 
 # 1, 10^-0.5, ..., 10^-4: the nine efficiencies of the paper's Fig. 3.
 DEFAULT_EFFICIENCIES = 10.0 ** -np.arange(0.0, 4.01, 0.5)
-_BUCKET_SHIFT = 16  # 2^16 buckets over the float32 range, each 1/128 of an octave: a cut's
-# bucket holds few jets, and the bucket histogram is small next to the jets
+#: The cut search buckets the top 16 bits of the 32-bit order key (:func:`order_keys`): 2^16
+#: buckets over the float32 range, each 1/128 of an octave, so a cut's bucket holds few jets
+#: and the bucket histogram is small next to the jets.
+BUCKET_BITS = 16
 # Labels of the mass axis of a scan's histograms (GeV).
 JET_MASS_LABEL = "jet soft-drop mass [GeV]"
 DIJET_MASS_LABEL = "dijet mass [GeV]"
@@ -139,12 +145,49 @@ def densest_window(mass: np.ndarray, weights: np.ndarray, binning: MassBinning =
     return (low, high)
 
 
-def _sortable_keys(values: np.ndarray) -> np.ndarray:
-    """uint32 keys whose order equals the float32 order of ``values`` (-inf < ... < +inf)."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.int32)
+def order_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order is the float32 order of ``values`` (-inf < ... < +inf; -0.0 is
+    first made +0.0, so that equal values have equal keys). Their top :data:`BUCKET_BITS` bits
+    are the buckets of :func:`thresholds_for_efficiencies` and of the Dask scan."""
+    canonical = np.asarray(values, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = +0.0
+    bits = np.ascontiguousarray(canonical).view(np.int32)
     # negative floats: flip every bit; positive: flip the sign bit (arithmetic shift gives the mask)
     flip = (bits >> 31) | np.int32(-0x80000000)
     return (bits ^ flip).view(np.uint32)
+
+
+def key_values(keys: np.ndarray) -> np.ndarray:
+    """The float32 values of order ``keys`` (the inverse of :func:`order_keys`)."""
+    keys = np.asarray(keys, dtype=np.uint32)
+    positive = keys >= np.uint32(0x80000000)
+    bits = np.where(positive, keys ^ np.uint32(0x80000000), ~keys)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def cut_positions(run_buckets: np.ndarray, cut_buckets: np.ndarray, weights: np.ndarray,
+                  weight_above: np.ndarray, targets: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each level's cut falls among candidates sorted highest first.
+
+    The candidates (their buckets ``run_buckets`` and ``weights``, in that order) fall into
+    contiguous runs of one bucket each; level ``l`` is cut inside bucket ``cut_buckets[l]``,
+    above which lies the weight ``weight_above[l]``, where the weight reaches ``targets[l]``:
+    one search over the candidates' running sum (levels x log(candidates), not a pass over the
+    candidates for each level). Returns ``positions`` (the candidate at the cut), ``found``
+    (the bucket holds a candidate) and ``reached`` (the weight at or above the cut), each
+    (levels,).
+    """
+    descending, wanted = -run_buckets.astype(np.int64), -cut_buckets.astype(np.int64)
+    starts = np.searchsorted(descending, wanted, side="left")
+    ends = np.searchsorted(descending, wanted, side="right")
+    found = ends > starts
+    if not len(weights):
+        return np.zeros(len(targets), dtype=np.intp), found, np.asarray(weight_above, float)
+    running = np.cumsum(weights)
+    before = np.where(starts > 0, running[np.maximum(starts - 1, 0)], 0.0)
+    positions = np.searchsorted(running, targets - weight_above + before, side="left")
+    positions = np.clip(positions, starts, np.maximum(ends - 1, starts))
+    return positions, found, weight_above + running[positions] - before
 
 
 def thresholds_for_efficiencies(values: np.ndarray, weights: np.ndarray,
@@ -167,9 +210,9 @@ def thresholds_for_efficiencies(values: np.ndarray, weights: np.ndarray,
     result = np.full(efficiencies.shape, np.inf, dtype=np.float32)
     if total <= 0:
         return result
-    keys = _sortable_keys(values)
-    buckets = keys >> _BUCKET_SHIFT
-    n_buckets = 1 << (32 - _BUCKET_SHIFT)
+    keys = order_keys(values)
+    buckets = keys >> BUCKET_BITS
+    n_buckets = 1 << BUCKET_BITS
     bucket_weight = np.bincount(buckets, weights=weights, minlength=n_buckets)
     # weight strictly above each bucket, scanning from the highest bucket down
     above = np.concatenate([np.cumsum(bucket_weight[::-1])[::-1][1:], [0.0]])
@@ -183,18 +226,9 @@ def thresholds_for_efficiencies(values: np.ndarray, weights: np.ndarray,
     is_cut_bucket[cut_buckets] = True
     candidates = np.flatnonzero(is_cut_bucket[buckets])
     order = candidates[np.argsort(keys[candidates], kind="stable")[::-1]]
-    # the candidates, highest first, fall into contiguous runs of one bucket each; a level's cut
-    # is where the weight above its bucket plus the weight accumulated within its run reaches the
-    # target: one search over the candidates' running sum (levels x log(candidates), not a pass
-    # over the candidates for each level)
-    descending, wanted = -buckets[order].astype(np.int64), -cut_buckets.astype(np.int64)
-    starts = np.searchsorted(descending, wanted, side="left")
-    ends = np.searchsorted(descending, wanted, side="right")
-    running = np.cumsum(weights[order])
-    before = np.where(starts > 0, running[np.maximum(starts - 1, 0)], 0.0)
-    positions = np.searchsorted(running, targets - above[cut_buckets] + before, side="left")
-    positions = np.clip(positions, starts, np.maximum(ends - 1, starts))
-    found = ends > starts
+    # the candidates, highest first, fall into contiguous runs of one bucket each
+    positions, found, _ = cut_positions(buckets[order], cut_buckets, weights[order],
+                                        above[cut_buckets], targets)
     result[found] = values[order[positions[found]]]
     return result
 

@@ -26,9 +26,9 @@ pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 from sophon.analysis import DatasetAnalysis  # noqa: E402
-from sophon.dask_scan import (DaskScanner, dataset_partitions, key_values,  # noqa: E402
-                              order_keys)
+from sophon.dask_scan import DaskScanner, dataset_partitions  # noqa: E402
 from sophon.discriminant import PRESETS, Discriminant, Term  # noqa: E402
+from sophon.spectrum import key_values, order_keys  # noqa: E402
 from sophon.store import DatasetError, DatasetMetadata, JetDataset, write_dataset  # noqa: E402
 from sophon.synthetic import make_synthetic  # noqa: E402
 
