@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -57,3 +58,24 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "small.pt"
     save_checkpoint(model, path)
     return path, model
+
+
+@pytest.fixture()
+def torch_one_thread():
+    """torch on one thread for the test (the other core runs the rest of the machine's work),
+    the previous count restored after it."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def shifted_latents(rng: np.random.Generator, members: np.ndarray, shift: float) -> np.ndarray:
+    """(len(members), 128) float32 unit-Gaussian latents, those of the ``members`` (bool) moved
+    by ``shift`` along one random unit direction: a signal that only the latent space sees."""
+    direction = rng.normal(size=128)
+    direction /= np.linalg.norm(direction)
+    latents = rng.normal(size=(len(members), 128))
+    latents[members] += shift * direction
+    return latents.astype(np.float32)

@@ -19,6 +19,7 @@ import numpy as np
 import panel as pn
 import polars as pl
 import pytest
+from conftest import shifted_latents
 from bokeh.document import Document
 
 from sophon.discriminant import PRESETS, Discriminant
@@ -45,14 +46,7 @@ PEAK = 150.0  # GeV
 WAIT_S = 600.0  # a job on a loaded two-core machine
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def write_learning_dataset(path: Path, model_id: str, seed: int = 5, *, n_qcd: int = N_QCD,
@@ -63,10 +57,7 @@ def write_learning_dataset(path: Path, model_id: str, seed: int = 5, *, n_qcd: i
     rng = np.random.default_rng(seed)
     n = n_qcd + n_higgs
     higgs = np.arange(n) >= n_qcd
-    direction = rng.normal(size=128)
-    direction /= np.linalg.norm(direction)
-    latents = rng.normal(size=(n, 128))
-    latents[higgs] += SHIFT * direction
+    latents = shifted_latents(rng, higgs, SHIFT)
     mass = np.where(higgs, rng.normal(PEAK, 4.0, n), rng.uniform(40.0, 320.0, n))
     tau1 = rng.uniform(0.2, 0.4, n)
     tau21 = np.where(higgs, rng.uniform(0.1, 0.4, n), rng.uniform(0.3, 0.9, n))
@@ -78,7 +69,7 @@ def write_learning_dataset(path: Path, model_id: str, seed: int = 5, *, n_qcd: i
             "process": np.where(higgs, "Higgs", "QCD").astype(object),
             "weight": np.where(higgs, 1.0, 10.0 ** rng.uniform(0.0, 1.5, n))}
     return write_dataset(path, jets, scores=rng.dirichlet(np.ones(188), size=n),
-                         latents=latents.astype(np.float32),
+                         latents=latents,
                          metadata=DatasetMetadata(luminosity_fb=100.0, model_id=model_id,
                                                   extra={"synthetic": True}))
 
@@ -330,3 +321,10 @@ def test_the_page_has_the_learning_tab(explorer):
     assert isinstance(app._views["learning"], LearningView)
     assert app.tabs[TAB_NAMES.index("Learning")] is not None
     render(app)
+
+
+def test_the_view_is_exported_with_the_others():
+    import app.views
+
+    assert "LearningView" in app.views.__all__
+    assert app.views.LearningView is learning.LearningView

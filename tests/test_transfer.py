@@ -10,6 +10,7 @@ from statistics import NormalDist
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import shifted_latents
 import torch
 
 from sophon.cli import main
@@ -24,12 +25,7 @@ SHIFT = 1.5  # the signal's latent mean moves this far along one unit direction
 QUICK = TransferOptions(epochs=20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _separable(path, *, n_signal=2000, n_background=2000, seed=0, model_id="test",
@@ -39,10 +35,7 @@ def _separable(path, *, n_signal=2000, n_background=2000, seed=0, model_id="test
     Processes 'signal' and 'QCD'; true classes X_bb / X_cc for the signal, QCD_light else."""
     rng = np.random.default_rng(seed)
     n = n_signal + n_background
-    direction = rng.normal(size=128)
-    direction /= np.linalg.norm(direction)
-    latents = rng.normal(size=(n, 128))
-    latents[:n_signal] += SHIFT * direction
+    latents = shifted_latents(rng, np.arange(n) < n_signal, SHIFT)
     labels = np.concatenate([rng.choice([0, 1], n_signal), np.full(n_background, 187)])
     jets = {"jet_pt": rng.uniform(200, 1000, n).astype(np.float32),
             "jet_sdmass": rng.uniform(21, 300, n).astype(np.float32),
@@ -50,7 +43,7 @@ def _separable(path, *, n_signal=2000, n_background=2000, seed=0, model_id="test
             "process": np.array(["signal"] * n_signal + ["QCD"] * n_background, dtype=object),
             "weight": rng.uniform(0.5, 1.5, n)}
     write_dataset(path, jets, scores=rng.dirichlet(np.ones(188), size=n),
-                  latents=latents.astype(np.float32) if latents_stored else None,
+                  latents=latents if latents_stored else None,
                   metadata=DatasetMetadata(luminosity_fb=1.0, model_id=model_id))
     return path
 

@@ -14,7 +14,7 @@ the app does not need).
 from importlib import import_module
 
 __all__ = ["ComposerView", "SpectrumView", "SignificanceView", "EventView", "LatentView",
-           "SelectionTable", "JetDetailView", "RescoringView"]
+           "SelectionTable", "JetDetailView", "RescoringView", "LearningView"]
 
 _MODULES = {
     "ComposerView": "app.views.composer",
@@ -25,6 +25,7 @@ _MODULES = {
     "SelectionTable": "app.views.latent",
     "JetDetailView": "app.views.jet_detail",
     "RescoringView": "app.views.rescoring",
+    "LearningView": "app.views.learning",
 }
 
 

@@ -48,7 +48,7 @@ share before the cut (the simulation's truth), with the windows whose working po
 resolved marked.
 
 **Jobs.** A training or a search is a :class:`LearningJob` in the process-wide worker thread
-that also runs rescoring (:func:`app.views.rescoring.run_in_worker`: one job at a time, so
+that also runs rescoring (:func:`app.jobs.run_in_worker`: one job at a time, so
 sessions queue instead of oversubscribing the CPU; torch and the boosting release the GIL, so
 other sessions keep working). At most :data:`~app.limits.MAX_LEARNING_JOBS_PER_SESSION` per
 session and :data:`~app.limits.MAX_LEARNING_JOBS_TOTAL` on the server are unfinished at a time
@@ -81,16 +81,17 @@ from sophon.discriminant import MAX_TEXT_LENGTH, Discriminant, DiscriminantError
 from sophon.store import JetDataset
 from sophon.transfer import MAX_SET_TEXT, JetSet, TransferOptions, TransferResult
 
+from app.jobs import WorkerJob, queue
 from app.limits import (MAX_LEARNING_JOBS_PER_SESSION, MAX_LEARNING_JOBS_TOTAL,
                         MAX_SCAN_JETS_PER_WINDOW, MAX_SCAN_WINDOWS, MAX_TRANSFER_EPOCHS,
                         MAX_TRANSFER_JETS_PER_SET, SCAN_BOOSTING_ITERATIONS, Budget,
-                        LimitReached, Limits, SessionUsage, Ticket)
+                        LimitReached, Limits, SessionUsage)
 from app.plots import (efficiency_label, format_number, plot_row, process_colors,
                        readable_ticks)
 from app.state import list_models, output_dir, resolve_model, shared
 from app.views.base import (ExplorerView, file_name_part, in_document_lock, message_html,
                             problem_message, text_message)
-from app.views.rescoring import run_in_worker, stored_model_hash
+from app.views.rescoring import stored_model_hash
 from app.views.spectrum import ToggleGroup
 
 __all__ = ["LearningView", "LearningJob", "HeadDiscriminant", "JobCancelled", "parse_jet_set",
@@ -267,33 +268,18 @@ class JobCancelled(Exception):
     """Raised from a job's progress report once its Cancel was pressed."""
 
 
-@dataclass(eq=False)
-class LearningJob:
+@dataclass(eq=False, kw_only=True)
+class LearningJob(WorkerJob):
     """One training or search in the worker thread: ``work(job)`` computes the result and calls
     :meth:`report` as it goes (which raises :class:`JobCancelled` once :attr:`cancel` is set)."""
 
     kind: str  # "training" or "search"
     work: Callable[[LearningJob], object]
     analysis: object = None  # the DatasetAnalysis it works on
-    total: int = 0
-    done: int = 0
-    state: str = "queued"  # queued, running, done, failed, cancelled
     message: str = "waiting for the worker (one job runs at a time on this server)"
-    result: object = None
     details: dict = field(default_factory=dict)  # how it was asked for, for the page
     seconds: float = 0.0
-    cancel: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
-    ticket: Ticket | None = None
-    budget: Budget | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    @property
-    def progress(self) -> int:
-        return int(100 * self.done / self.total) if self.total else 0
 
     def report(self, done: int, total: int) -> None:
         """``done`` of ``total`` steps (epochs, windows) are done; raises JobCancelled after
@@ -326,8 +312,7 @@ class LearningJob:
                             "details")
         finally:
             self.seconds = time.perf_counter() - started
-            if self.budget is not None and self.ticket is not None:
-                self.budget.close(self.ticket)
+            self.close_ticket()
             self.ended.set()
 
 
@@ -349,13 +334,8 @@ def start_job(kind: str, work: Callable[[LearningJob], object], session: Session
     message) when the session or the server has as many learning jobs as it may."""
     account = learning_budget() if account is None else account
     ticket = account.admit(session, f"learning-{kind}-{id(work)}", 0)
-    job = LearningJob(kind=kind, work=work, analysis=analysis, ticket=ticket, budget=account)
-    try:
-        run_in_worker(job.run)
-    except BaseException:
-        account.close(ticket)
-        raise
-    return job
+    return queue(LearningJob(kind=kind, work=work, analysis=analysis, ticket=ticket,
+                             budget=account))
 
 
 def _worker_threads() -> int:
@@ -456,6 +436,19 @@ def window_plots(scan) -> tuple[hv.Overlay, hv.Overlay]:
 
 
 # --- the view -------------------------------------------------------------------------------------
+def _job_controls(label: str, css_class: str) -> tuple[pn.widgets.Button, pn.widgets.Button,
+                                                        pn.indicators.Progress, pn.Column]:
+    """A job's start button ``label``, its Cancel, its progress bar (hidden until it runs) and
+    the slot for its message box; ``css_class`` names the start button (``-cancel`` its
+    Cancel) for tests and styles."""
+    start = pn.widgets.Button(label=label, color="primary", width=120, css_classes=[css_class])
+    cancel = pn.widgets.Button(label="Cancel", width=90, disabled=True,
+                               css_classes=[f"{css_class}-cancel"])
+    progress = pn.indicators.Progress(value=0, max=100, visible=False,
+                                      sizing_mode="stretch_width", bar_color="primary")
+    return start, cancel, progress, pn.Column(sizing_mode="stretch_width")
+
+
 class LearningView(ExplorerView):
     """Transfer learning on two jet sets and the sliding-window search, each in the background
     with a progress bar and a Cancel button; a trained head can become the discriminant."""
@@ -535,14 +528,8 @@ class LearningView(ExplorerView):
                                                        width=220)
         self._flatten = pn.widgets.Checkbox.from_param(self.param.flatten,
                                                        name="flat (pT, mSD) reweighting")
-        self._train = pn.widgets.Button(label="Train", color="primary", width=120,
-                                        css_classes=["learning-train"])
-        self._train_cancel = pn.widgets.Button(label="Cancel", width=90, disabled=True,
-                                               css_classes=["learning-train-cancel"])
-        self._train_progress = pn.indicators.Progress(value=0, max=100, visible=False,
-                                                      sizing_mode="stretch_width",
-                                                      bar_color="primary")
-        self._train_status = pn.Column(sizing_mode="stretch_width")  # a message box or none
+        self._train, self._train_cancel, self._train_progress, self._train_status = \
+            _job_controls("Train", "learning-train")
         self._transfer_text = pn.pane.HTML("", sizing_mode="stretch_width",
                                            css_classes=["learning-transfer-result"])
         self._roc = pn.pane.HoloViews(None, sizing_mode="stretch_width", visible=False)
@@ -574,14 +561,8 @@ class LearningView(ExplorerView):
             self.param.jets, name="", options={"leading jet": "leading", "all jets": "all"})
         self._windows_status = pn.pane.HTML(pn.bind(self._windows_text, self.param.start,
                                                     self.param.stop, self.param.step))
-        self._run = pn.widgets.Button(label="Run search", color="primary", width=120,
-                                      css_classes=["learning-run"])
-        self._run_cancel = pn.widgets.Button(label="Cancel", width=90, disabled=True,
-                                             css_classes=["learning-run-cancel"])
-        self._run_progress = pn.indicators.Progress(value=0, max=100, visible=False,
-                                                    sizing_mode="stretch_width",
-                                                    bar_color="primary")
-        self._run_status = pn.Column(sizing_mode="stretch_width")
+        self._run, self._run_cancel, self._run_progress, self._run_status = \
+            _job_controls("Run search", "learning-run")
         self._search_text = pn.pane.HTML("", sizing_mode="stretch_width",
                                          css_classes=["learning-search-result"])
         self._stack = pn.pane.HoloViews(None, sizing_mode="stretch_width", visible=False)

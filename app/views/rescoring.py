@@ -34,8 +34,6 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,31 +44,25 @@ import param
 from sophon.analysis import DatasetAnalysis
 from sophon.store import LATENT_DIM, SCORE_COLUMNS
 
-from app.limits import (OUTPUT_PATTERNS, Budget, LimitReached, SessionUsage, Ticket,
+from app.jobs import WorkerJob, queue
+from app.limits import (OUTPUT_PATTERNS, Budget, LimitReached, SessionUsage,
                         session_usage)
 from app.state import (DatasetProblem, data_path, list_models, load_analysis, loaded_paths,
                        models_dir, output_dir, release_analysis, resolve_model)
 from app.views.base import ExplorerView, in_document_lock, problem_message
 from app.views.jet_detail import stored_constituents
 
-__all__ = ["RescoringView", "RescoreJob", "submit", "run_in_worker", "budget", "estimate_bytes",
+__all__ = ["RescoringView", "RescoreJob", "submit", "budget", "estimate_bytes",
            "gpu_present", "has_constituents", "original_analysis", "stored_model_hash",
            "offered_models", "jets_to_rescore", "show", "release"]
 
 log = logging.getLogger("sophon.app")
-_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophon-rescore")
 _JOBS: dict[Path, RescoreJob] = {}
 _JOBS_LOCK = threading.Lock()
 _BUDGETS: dict[Path, Budget] = {}
 CHUNK_JETS = 4096
 #: The rescored dataset each session shows (its one kept output), by the session's usage record.
 _SHOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def run_in_worker(task: Callable[[], object]) -> Future:
-    """Run ``task`` in the process-wide worker thread that runs the app's long jobs one at a
-    time (rescoring, and the Learning tab's trainings and searches)."""
-    return _EXECUTOR.submit(task)
 
 
 def budget() -> Budget:
@@ -154,33 +146,17 @@ def offered_models(dataset, names: list[str] | None = None) -> tuple[list[str], 
     return offered, same
 
 
-@dataclass
-class RescoreJob:
+@dataclass(eq=False, kw_only=True)
+class RescoreJob(WorkerJob):
     """One rescoring of a dataset with a model file; shared by the sessions that ask for it."""
 
     analysis: DatasetAnalysis
     model: Path
     device: str
     output: Path
-    total: int = 0
-    done: int = 0
     rescored: int = 0
-    state: str = "queued"  # queued, running, done, failed, cancelled
-    message: str = ""
     result: DatasetAnalysis | None = None
     started: float = field(default_factory=time.time)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    ticket: Ticket | None = None  # its place in the budget (app.limits), closed when it ends
-    budget: Budget | None = None
-    written: int = 0  # bytes written under the output folder
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("done", "failed", "cancelled")
-
-    @property
-    def progress(self) -> int:
-        return int(100 * self.done / self.total) if self.total else 0
 
     def run(self) -> None:
         try:
@@ -190,8 +166,7 @@ class RescoreJob:
             log.exception("rescoring %s with %s failed", self.analysis.dataset.path, self.model)
             self.state, self.message = "failed", f"{type(error).__name__}: {error}"
         finally:
-            if self.budget is not None and self.ticket is not None:
-                self.budget.close(self.ticket, self.written)
+            self.close_ticket()
 
     def _run(self) -> None:
         from sophon.scoring import load_scorer, rescore_dataset
@@ -266,12 +241,7 @@ def submit(analysis: DatasetAnalysis, model: Path, device: str = "auto",
         job = RescoreJob(analysis=analysis, model=model, device=device, output=output,
                          ticket=ticket, budget=account)
         _JOBS[output] = job
-    try:
-        run_in_worker(job.run)
-    except BaseException:
-        account.close(ticket)
-        raise
-    return job
+    return queue(job)
 
 
 def show(session: SessionUsage, output: Path | None) -> None:
