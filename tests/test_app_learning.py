@@ -171,8 +171,9 @@ def test_the_head_is_the_sessions_discriminant(explorer):
 
 def test_the_head_outlives_the_composers_round_trip_on_a_served_page(explorer, monkeypatch):
     """On a served page the composer applies its form at the server's next tick: the form,
-    loaded with the head's definition, gives back the plain stand-in then, and the view puts
-    the head back."""
+    loaded with the head's definition, builds the plain stand-in then, which the composer knows
+    for the head's: the session's discriminant is the head throughout, never the stand-in (whose
+    scans would be computed for nothing)."""
     from app.views import composer as composer_module
 
     composer = ComposerView(explorer)
@@ -180,11 +181,13 @@ def test_the_head_outlives_the_composers_round_trip_on_a_served_page(explorer, m
     view.train(wait=True)
     next_tick = []
     monkeypatch.setattr(composer_module, "in_document_lock", next_tick.append)
+    applied = []
+    explorer.param.watch(lambda event: applied.append(event.new), "discriminant")
     head = view.use_as_discriminant()
     assert explorer.discriminant is head and next_tick  # the form's application waits
     while next_tick:
         next_tick.pop(0)()
-    assert explorer.discriminant is head
+    assert explorer.discriminant is head and applied == [head]
     assert "p_\\mathrm{s}" in composer._latex.object and not composer._alert.visible
 
 

@@ -86,6 +86,12 @@ def test_train_and_use_the_head(browser, served):  # noqa: F811
         name = _eventually(lambda: _text(page, ".composer-name"),
                            lambda text: "(trained head" in text, "the composer's discriminant")
         assert name.startswith("process:Higgs vs process:QCD")
+        # the formula is the head's D = p_s / (p_s + p_b), not its stand-in's class sums
+        # (KaTeX writes the TeX source into an annotation element)
+        formula = _eventually(
+            lambda: page.locator(".formula annotation").first.text_content(),
+            lambda text: text is not None and "p_" in text, "the composer's formula")
+        assert "g_" not in formula, formula
         page.get_by_text("Spectrum", exact=True).click()
         _eventually(lambda: _text(page, ".scan-summary"), lambda text: "Selected jets" in text,
                     "the spectrum's summary")

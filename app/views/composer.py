@@ -58,6 +58,13 @@ def picker_query(group: str, filters: dict[str, str], picks: list[str]) -> str:
     return " & ".join(parts) if parts else "all"
 
 
+def _stands_for(form: Discriminant | None, current: Discriminant) -> bool:
+    """Whether the plain discriminant ``form`` is the stand-in of ``current``, a discriminant
+    whose values the form cannot hold (a trained head's, which has the form's definition)."""
+    stand_in = getattr(current, "stand_in", None)
+    return form is not None and stand_in is not None and stand_in() == form
+
+
 def _describe(classes: list[str], limit: int = 6) -> str:
     shown = ", ".join(classes[:limit])
     more = f", … (+{len(classes) - limit})" if len(classes) > limit else ""
@@ -445,10 +452,11 @@ class ComposerView(ExplorerView):
         self._show_applied(discriminant)
         if discriminant.name != self.discriminant_name.strip():
             self.discriminant_name = discriminant.name  # an edited preset's new name
-        if discriminant != self.explorer.discriminant:
-            self.explorer.discriminant = discriminant  # shown by _on_external
+        current = self.explorer.discriminant
+        if discriminant == current or _stands_for(discriminant, current):
+            self._show(current)  # the form shows the session's discriminant already
         else:
-            self._show(discriminant)
+            self.explorer.discriminant = discriminant  # shown by _on_external
 
     def _on_preset(self, event) -> None:
         if event.new != NO_PRESET:
@@ -463,14 +471,16 @@ class ComposerView(ExplorerView):
         in_document_lock(self._apply_form)  # also when the form showed it already
 
     def _on_external(self, event) -> None:
-        """The session's discriminant changed (this form, the URL, a notebook): show it."""
+        """The session's discriminant changed (this form, the URL, a notebook): show it. Read
+        from the explorer, not the event: a watcher that ran before may have changed it again."""
+        discriminant = self.explorer.discriminant
         try:
-            current = self.build()
+            form = self.build()
         except (DiscriminantError, QueryError):
-            current = None
-        if current != event.new:
-            self.load(event.new)
-        self._show(event.new)
+            form = None
+        if form != discriminant and not _stands_for(form, discriminant):
+            self.load(discriminant)
+        self._show(discriminant)
 
     # --- display --------------------------------------------------------------------------
     def _show(self, discriminant: Discriminant) -> None:

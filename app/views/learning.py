@@ -29,10 +29,10 @@ download instead (:meth:`LearningView.score_file`: jet row and ``transfer_<name>
 
 How the head sits with the composer and with links: its name is unique in the process
 (``... (trained head N)``), its terms and denominator are the best node discriminant's (its
-*stand-in*), its description says both. The composer's form builds plain discriminants only, so
-showing the head there gives back its stand-in of the same definition, which this view puts
-back to the head at once (:meth:`LearningView._keep_head`); editing the form or choosing a
-preset leaves the head, and **Use as discriminant** brings it back. A link holds the stand-in's
+*stand-in*), its description says both. The composer's form builds plain discriminants only:
+showing the head there gives back its stand-in of the same definition, which the composer
+knows for the head's (its formula shows the head's D = p_s / (p_s + p_b)); editing the form or
+choosing a preset leaves the head, and **Use as discriminant** brings it back. A link holds the stand-in's
 definition: another session, or a restarted server, gives the best node discriminant under the
 head's name, as its description says.
 
@@ -482,9 +482,6 @@ class LearningView(ExplorerView):
         self._default_sets()
         self._build_transfer_widgets()
         self._build_search_widgets()
-        # after the other views' watchers (the composer's among them), before the explorer's
-        # significance (precedence 100)
-        self.explorer.param.watch(self._keep_head, "discriminant", precedence=50)
         self.explorer.param.watch(self._on_analysis, "analysis")
         document = pn.state.curdoc
         if document is not None and document.session_context is not None:
@@ -748,14 +745,6 @@ class LearningView(ExplorerView):
                    f"cut on the trained head's score ({self.head.name}). Choose a preset or edit "
                    "the composer to go back; this button brings the head back.", "success")
         return self.head
-
-    def _keep_head(self, event) -> None:
-        """The composer's form holds plain discriminants: when it gives back the head's stand-in
-        just after the head was applied, put the head back."""
-        head = self.head
-        if head is not None and event.old is head and type(event.new) is Discriminant \
-                and event.new == head.stand_in():
-            self.explorer.discriminant = head
 
     def _on_analysis(self, event) -> None:
         """Another dataset: a head trained on the previous one is no discriminant here."""
