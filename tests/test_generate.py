@@ -339,3 +339,60 @@ def test_command_line(tmp_path):
     assert table.num_rows > 0 and np.all(table["jet_label"].to_numpy() < 15)
     assert main(["generate", "sm", "--events", "10", "--processes", "nope", "-o",
                  str(tmp_path)]) == 2
+
+
+# --- a two-body decay a user names (X->bs: no JetClass-II class) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def x_bs() -> pa.Table:
+    return _run(plan_training(300, seed=21, chunk_events=300, mpi=False, x_mass=120.0,
+                              decay=cards.TwoBodyDecay.parse("bs")))
+
+
+def test_a_named_decay_is_parsed_to_its_resonance_and_channels():
+    bs = cards.TwoBodyDecay("b", "s")
+    for text in ("bs", "sb", "b s", "B,S", "X->bs", " x->s b~ "):
+        assert cards.TwoBodyDecay.parse(text) == bs
+    assert bs.name == "X->bs" and not bs.charged and bs.resonance_id == cards.X_NEUTRAL_ID
+    assert bs.channels == ((1.0, 102, (5, -3)), (1.0, 102, (3, -5)))  # b s~ and s b~
+    bc = cards.TwoBodyDecay.parse("cb")  # up-type with down-type: the charged X, c b~
+    assert bc.charged and bc.resonance_id == cards.X_CHARGED_ID
+    assert bc.channels == ((1.0, 102, (4, -5)),)
+    assert cards.TwoBodyDecay.parse("bb").channels == ((1.0, 102, (5, -5)),)
+    for bad in ("bt", "b", "bsd", "", "xy"):
+        with pytest.raises(ValueError, match="two-body quark decay"):
+            cards.TwoBodyDecay.parse(bad)
+    settings = cards.decay_settings(bs, cards.resonance_masses(np.random.default_rng(0), 120.0))
+    assert "25:oneChannel = 1 0.500000 102 5 -3" in settings
+    assert "25:addChannel = 1 0.500000 102 3 -5" in settings
+    with pytest.raises(ValueError, match="no training parts"):
+        plan_training(10, seed=0, parts={"qcd": 1.0}, decay=bs)
+
+
+def test_x_bs_jets_hold_one_b_and_one_s_and_peak_at_the_x_mass(x_bs):
+    """Every kept jet's aux record lists exactly the X's two products, a b and an s quark,
+    both within dR < 0.8 of the jet axis; no class covers them (label -1)."""
+    assert x_bs.num_rows >= 100
+    assert np.all(x_bs["jet_label"].to_numpy() == -1)
+    pid, products = _lists(x_bs, "aux_genpart_pid"), _lists(x_bs, "aux_genpart_isResDecayProd")
+    flavours = [tuple(sorted(np.abs(p[d]))) for p, d in zip(pid, products)]
+    assert set(flavours) == {(3, 5)}
+    assert np.all(_fully_contained(x_bs, 25))
+    peak = _peak(x_bs["jet_sdmass"].to_numpy(), 50, 200)
+    assert 105 <= peak <= 130, peak
+
+
+def test_the_command_line_writes_the_decay_file(tmp_path):
+    from sophon.cli import main
+
+    assert main(["generate", "training", "--events", "40", "--seed", "3", "--workers", "1",
+                 "--no-mpi", "--decay", "bs", "--x-mass", "100", "--quiet", "-o",
+                 str(tmp_path)]) == 0
+    table = pq.read_table(tmp_path / "X_bs.parquet")
+    assert table.num_rows > 0 and np.all(table["jet_label"].to_numpy() == -1)
+    metadata = read_generation_metadata(tmp_path / "X_bs.parquet")
+    assert metadata["parts"] == {"X->bs": 1.0} and "X->bs" in metadata["labels"]
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == ["X_bs.parquet"]
+    assert main(["generate", "training", "--events", "5", "--decay", "bt", "-o",
+                 str(tmp_path)]) == 2

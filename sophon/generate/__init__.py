@@ -43,7 +43,7 @@ from sophon.generate.driver import (  # noqa: E402
 from sophon.generate import extend  # noqa: E402
 from sophon.generate.events import GenerationError  # noqa: E402
 from sophon.generate.pipeline import ChunkSpec, JetSelection, run_chunk  # noqa: E402
-from sophon.generate.settings import SM_PROCESSES, TRAINING_PARTS  # noqa: E402
+from sophon.generate.settings import SM_PROCESSES, TRAINING_PARTS, TwoBodyDecay  # noqa: E402
 from sophon.generate.writer import (  # noqa: E402
     JETCLASS_SCHEMA, SM_SCHEMA, read_generation_metadata)
 
@@ -99,9 +99,10 @@ def _generate(args: argparse.Namespace) -> int:
                   chunk_events=args.chunk_events, ecm=args.ecm,
                   extra_settings=tuple(args.pythia or ()), progress=not args.quiet)
     if args.sample == "training":
+        decay = TwoBodyDecay.parse(args.decay) if args.decay else None
         report = generate_training(args.output, args.events,
                                    parts=_shares(args.parts, TRAINING_PARTS, "part"),
-                                   x_mass=args.x_mass, **common)
+                                   x_mass=args.x_mass, decay=decay, **common)
     else:
         report = generate_sm(args.output, args.events,
                              processes=_shares(args.processes, SM_PROCESSES, "process"),
@@ -139,6 +140,10 @@ def register_cli(subparsers) -> None:
                                           f"(default {TRAINING_PARTS})")
     training.add_argument("--x-mass", type=float, default=None,
                           help="fix m_X (GeV) instead of drawing it in 15-500 GeV")
+    training.add_argument("--decay", metavar="QUARKS",
+                          help="instead of the parts: a resonance decaying to two quarks, e.g. "
+                               "'bs' for X->bs (no JetClass-II class): the file X_bs.parquet "
+                               "holds the jets containing both quarks, jet_label -1")
     sm = parser.add_argument_group("SM sample")
     sm.add_argument("--processes", help="processes and shares, e.g. 'QCD=3,ttbar=1' "
                                         f"(default: all of {', '.join(SM_PROCESSES)})")

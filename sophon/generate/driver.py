@@ -105,33 +105,43 @@ def _shares(n_events: int, shares: dict[str, float]) -> dict[str, int]:
 def plan_training(n_events: int, seed: int, *, parts: dict[str, float] | None = None,
                   chunk_events: int = 1000, mpi: bool = True, ecm: float = cards.DEFAULT_ECM,
                   x_mass: float | None = None, extra_settings: tuple[str, ...] = (),
-                  batch_size: int = 100, selection: JetSelection = JetSelection()
-                  ) -> list[ChunkSpec]:
-    """Chunks of the training sample: ``parts`` maps res2p/res34p/qcd to shares of the events."""
+                  batch_size: int = 100, selection: JetSelection = JetSelection(),
+                  decay: cards.TwoBodyDecay | None = None) -> list[ChunkSpec]:
+    """Chunks of the training sample: ``parts`` maps res2p/res34p/qcd to shares of the events;
+    with ``decay`` every event makes that two-body decay instead (its jets only are kept)."""
+    if decay is not None and parts is not None:
+        raise ValueError("a decay sample has no training parts: give the decay or the parts")
     parts = dict(cards.TRAINING_PARTS if parts is None else parts)
-    unknown = set(parts) - set(cards.TRAINING_PARTS)
-    if unknown:
-        raise ValueError(f"unknown training part(s) {sorted(unknown)}; "
-                         f"choose from {sorted(cards.TRAINING_PARTS)}")
+    if decay is not None:
+        parts = {decay.name: 1.0}
+    elif set(parts) - set(cards.TRAINING_PARTS):
+        raise ValueError(f"unknown training part(s) {sorted(set(parts) - set(cards.TRAINING_PARTS))}"
+                         f"; choose from {sorted(cards.TRAINING_PARTS)}")
     specs = []
     for part, n_part in _shares(n_events, parts).items():
         for size in _split(n_part, chunk_events):
             index = len(specs)
             pythia_seed, numpy_seed, rng = _chunk_seeds(seed, "training", index)
-            if part == "qcd":
-                process = cards.qcd_training_settings()
-                description = ""
-            else:
-                masses = cards.resonance_masses(rng, x_mass)
-                process = cards.resonance_settings(part, masses)
-                description = (f"m_X0 {masses.x_neutral[0]:.0f}-{masses.x_neutral[1]:.0f}, "
-                               f"m_X+ {masses.x_charged[0]:.0f}-{masses.x_charged[1]:.0f} GeV")
+            process, description = _training_process(part, rng, x_mass, decay)
             settings = (*cards.run_settings(seed=pythia_seed, ecm=ecm, mpi=mpi), *process,
                         *extra_settings)
             specs.append(ChunkSpec(index, "training", part, size, pythia_seed, numpy_seed,
                                    settings, batch_size=batch_size, selection=selection,
-                                   description=description))
+                                   description=description, decay=decay))
     return specs
+
+
+def _training_process(part: str, rng: np.random.Generator, x_mass: float | None,
+                      decay: cards.TwoBodyDecay | None) -> tuple[list[str], str]:
+    """The process settings of one training chunk and their description (its mass windows)."""
+    if part == "qcd":
+        return cards.qcd_training_settings(), ""
+    masses = cards.resonance_masses(rng, x_mass)
+    description = (f"m_X0 {masses.x_neutral[0]:.0f}-{masses.x_neutral[1]:.0f}, "
+                   f"m_X+ {masses.x_charged[0]:.0f}-{masses.x_charged[1]:.0f} GeV")
+    if decay is not None:
+        return cards.decay_settings(decay, masses), description
+    return cards.resonance_settings(part, masses), description
 
 
 def plan_sm(n_events: int, seed: int, *, processes: dict[str, float] | None = None,
@@ -372,32 +382,42 @@ def generate_training(output_dir: str | os.PathLike, n_events: int, *, seed: int
                       workers: int | None = None, parts: dict[str, float] | None = None,
                       mpi: bool = True, x_mass: float | None = None,
                       chunk_events: int = 1000, ecm: float = cards.DEFAULT_ECM,
-                      extra_settings: tuple[str, ...] = (), progress: bool = True
-                      ) -> GenerationReport:
+                      extra_settings: tuple[str, ...] = (), progress: bool = True,
+                      decay: cards.TwoBodyDecay | None = None) -> GenerationReport:
     """Generate a mini JetClass-II: ``Res2P.parquet``, ``Res34P.parquet``, ``QCD.parquet``.
 
     Jets go to the file of their class (a ``res34p`` event also yields two-prong jets from its
     charged X). Files hold exactly the JetClass-II schema; parts with no jets are not written.
+    With ``decay`` (e.g. X->bs, :class:`~sophon.generate.settings.TwoBodyDecay`) the one file
+    ``X_bs.parquet`` holds the jets of that decay, with ``jet_label`` -1 (no class).
     """
     if n_events < 1:
         raise ValueError(f"n_events must be positive, not {n_events}")
     start = time.perf_counter()
     specs = plan_training(n_events, seed, parts=parts, chunk_events=chunk_events, mpi=mpi,
-                          ecm=ecm, x_mass=x_mass, extra_settings=tuple(extra_settings))
+                          ecm=ecm, x_mass=x_mass, extra_settings=tuple(extra_settings),
+                          decay=decay)
     output_dir = Path(output_dir)
     metadata = {
         "sample": "training", "seed": seed, "n_events": n_events, "mpi": mpi, "ecm_gev": ecm,
-        "x_mass": x_mass, "parts": parts or cards.TRAINING_PARTS, "versions": _versions(),
+        "x_mass": x_mass, "parts": {decay.name: 1.0} if decay else parts or cards.TRAINING_PARTS,
+        "versions": _versions(),
         "common_settings": list(cards.COMMON), "extra_settings": list(extra_settings),
         "chunks": [_spec_record(s) for s in specs],
         "selection": asdict(JetSelection()),
-        "labels": "JetClass-II index (sophon.labels.LABELS)",
+        "labels": (f"-1: every jet holds the decay {decay.name}, which is no JetClass-II class"
+                   if decay else "JetClass-II index (sophon.labels.LABELS)"),
     }
+    files = ({decay.name: decay.name.replace("->", "_") + ".parquet"} if decay
+             else TRAINING_FILES)
     writers = {name: _AtomicWriter(output_dir / filename,
                                    with_metadata(JETCLASS_SCHEMA.empty_table(), metadata).schema)
-               for name, filename in TRAINING_FILES.items()}
+               for name, filename in files.items()}
 
     def write(result: ChunkResult):
+        if decay is not None:
+            writers[decay.name].write(result.table)
+            return
         part = _PART_OF_LABEL[result.table["jet_label"].to_numpy()]
         for name, writer in writers.items():
             rows = np.nonzero(part == name)[0]

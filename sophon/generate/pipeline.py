@@ -17,8 +17,9 @@ from sophon.generate.detector import DetectorConfig, ParticleSet, emulate, visib
 from sophon.generate.events import EventBatch, Generator
 from sophon.generate.jets import Jets, _ranges, cluster, delta_phi, kinematics, substructure
 from sophon.generate.truth import (CAT_PARTON, CAT_PRODUCT, CAT_TAU, CAT_X, CAT_Y, Truth,
-                                   aux_for_sm_jets, label_qcd_jets, label_resonant_jets,
-                                   qcd_partons, resonance_truth)
+                                   aux_for_sm_jets, decay_jets, label_qcd_jets,
+                                   label_resonant_jets, qcd_partons, resonance_truth)
+from sophon.generate.settings import TwoBodyDecay
 from sophon.generate.writer import JETCLASS_SCHEMA, SM_SCHEMA, build_table
 
 __all__ = ["JetSelection", "ChunkSpec", "ChunkResult", "run_chunk", "process_batch",
@@ -50,7 +51,7 @@ class ChunkSpec:
 
     index: int
     kind: str  # "training" or "sm"
-    sample: str  # "res2p" | "res34p" | "qcd" | an SM process name
+    sample: str  # "res2p" | "res34p" | "qcd" | a decay's name (e.g. "X->bs") | an SM process
     n_events: int
     pythia_seed: int
     numpy_seed: int
@@ -60,6 +61,7 @@ class ChunkSpec:
     selection: JetSelection = field(default_factory=JetSelection)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     description: str = ""
+    decay: TwoBodyDecay | None = None  # a training chunk that keeps this decay's jets only
 
     def name(self) -> str:
         extra = f", {self.description}" if self.description else ""
@@ -162,6 +164,7 @@ def process_batch(batch: EventBatch, spec: ChunkSpec, rng: np.random.Generator, 
     clock("cluster")
 
     # Truth matching and labels.
+    keep = None  # the training jets kept: those of a class, or of the named decay
     if not is_sm and spec.sample == "qcd":
         truth = qcd_partons(batch)
         labels, aux_jet, aux_row = label_qcd_jets(jets, eta, phi, truth, batch.n_events)
@@ -170,11 +173,16 @@ def process_batch(batch: EventBatch, spec: ChunkSpec, rng: np.random.Generator, 
         aux_jet, aux_row, truth = aux_for_sm_jets(jets, eta, phi, resonances,
                                                   qcd_partons(batch), batch.n_events)
         labels = np.full(len(jets), -1, dtype=np.int32)
+    elif spec.decay is not None:  # no class: kept with label -1
+        truth = resonance_truth(batch, TRAINING_X_IDS, TRAINING_Y_IDS)
+        keep, aux_jet, aux_row = decay_jets(jets, eta, phi, truth, batch.n_events,
+                                            (spec.decay.first, spec.decay.second))
+        labels = np.full(len(jets), -1, dtype=np.int32)
     else:
         truth = resonance_truth(batch, TRAINING_X_IDS, TRAINING_Y_IDS)
         labels, aux_jet, aux_row = label_resonant_jets(jets, eta, phi, truth, batch.n_events)
-    if not is_sm:  # jets matching no class are dropped
-        keep = labels >= 0
+    if not is_sm:  # the other jets are dropped
+        keep = labels >= 0 if keep is None else keep
         new_index = np.cumsum(keep) - 1
         pair_keep = keep[aux_jet]
         aux_jet, aux_row = new_index[aux_jet[pair_keep]], aux_row[pair_keep]

@@ -39,6 +39,8 @@ __all__ = [
     "ResonanceMasses",
     "resonance_masses",
     "resonance_settings",
+    "TwoBodyDecay",
+    "decay_settings",
     "qcd_training_settings",
     "sm_settings",
     "run_settings",
@@ -179,6 +181,22 @@ def _pt_hat_min(masses: ResonanceMasses, minimum: float, factor: float) -> float
     return float(np.clip(factor * masses.heaviest, minimum, 1000.0))
 
 
+def _production(masses: ResonanceMasses, pt_min: float, bias_power: float) -> list[str]:
+    """``f fbar' -> X0 X+-`` (Pythia's H W production, both states generic) above ``pt_min``
+    GeV, with the mass windows of ``masses`` and a pT bias of power ``bias_power``."""
+    settings = [
+        "HiggsSM:ffbar2HW = on",
+        f"PhaseSpace:pTHatMin = {pt_min:.1f}",
+        *_mass_window(X_NEUTRAL_ID, *masses.x_neutral),
+        *_mass_window(X_CHARGED_ID, *masses.x_charged),
+    ]
+    if bias_power > 0:
+        settings += ["PhaseSpace:bias2Selection = on",
+                     f"PhaseSpace:bias2SelectionPow = {bias_power}",
+                     f"PhaseSpace:bias2SelectionRef = {pt_min:.1f}"]
+    return settings
+
+
 def resonance_settings(part: str, masses: ResonanceMasses, *, pt_hat_min: float = 170.0,
                        bias_power: float = 3.0) -> list[str]:
     """Settings for the generic-resonance parts ``res2p`` and ``res34p``.
@@ -190,24 +208,84 @@ def resonance_settings(part: str, masses: ResonanceMasses, *, pt_hat_min: float 
     """
     if part not in ("res2p", "res34p"):
         raise ValueError(f"unknown resonance part {part!r}; expected 'res2p' or 'res34p'")
-    pt_min = _pt_hat_min(masses, pt_hat_min, BOOST[part])
-    settings = [
-        "HiggsSM:ffbar2HW = on",
-        f"PhaseSpace:pTHatMin = {pt_min:.1f}",
-        *_mass_window(X_NEUTRAL_ID, *masses.x_neutral),
-        *_mass_window(X_CHARGED_ID, *masses.x_charged),
-        *_decay_table(X_CHARGED_ID, X_CHARGED),
-    ]
-    if bias_power > 0:
-        settings += ["PhaseSpace:bias2Selection = on",
-                     f"PhaseSpace:bias2SelectionPow = {bias_power}",
-                     f"PhaseSpace:bias2SelectionRef = {pt_min:.1f}"]
+    settings = [*_production(masses, _pt_hat_min(masses, pt_hat_min, BOOST[part]), bias_power),
+                *_decay_table(X_CHARGED_ID, X_CHARGED)]
     if part == "res2p":
         settings += _decay_table(X_NEUTRAL_ID, X_NEUTRAL)
     else:
         settings += _decay_table(X_NEUTRAL_ID, X_TO_YY)
         for pdg, table in ((Y_NEUTRAL_ID, Y_NEUTRAL), (Y_CHARGED_ID, Y_CHARGED)):
             settings += [*_mass_window(pdg, *masses.y), *_decay_table(pdg, table)]
+    return settings
+
+
+#: The quarks of a two-body decay a user names (no top: it decays before it hadronises).
+QUARK_IDS = {"d": 1, "u": 2, "s": 3, "c": 4, "b": 5}
+_UP_TYPE = frozenset("uc")
+
+
+@dataclass(frozen=True)
+class TwoBodyDecay:
+    """A generic resonance decaying to two quarks a user names, e.g. ``bs`` for the paper's
+    X->bs, which no JetClass-II class covers (arXiv:2405.12972, section III).
+
+    The neutral X (PDG 25) carries a pair of the same charge type (``b s~`` and ``s b~``, half
+    each; ``b b~`` for ``bb``), the charged X (PDG 24) an up-type and a down-type quark
+    (``c b~`` for ``bc``). ``first`` is the heavier quark.
+    """
+
+    first: str
+    second: str
+
+    @classmethod
+    def parse(cls, text: str) -> TwoBodyDecay:
+        """``"bs"``, ``"b s"``, ``"b,s"`` or ``"X->bs"`` (any case); ValueError naming the text
+        otherwise."""
+        if not isinstance(text, str) or len(text) > 40:
+            raise ValueError("a two-body decay is a short text such as 'bs'")
+        cleaned = text.strip().lower()
+        if cleaned.startswith("x->"):
+            cleaned = cleaned[3:]
+        quarks = [c for c in cleaned if c not in " ,~"]
+        unknown = [c for c in quarks if c not in QUARK_IDS]
+        if unknown or len(quarks) != 2:
+            raise ValueError(f"{text!r} is not a two-body quark decay: name two of the quarks "
+                             f"{', '.join(QUARK_IDS)} (e.g. 'bs' for X->bs)")
+        first, second = sorted(quarks, key=QUARK_IDS.get, reverse=True)
+        return cls(first, second)
+
+    @property
+    def name(self) -> str:
+        """e.g. ``X->bs``."""
+        return f"X->{self.first}{self.second}"
+
+    @property
+    def charged(self) -> bool:
+        return (self.first in _UP_TYPE) != (self.second in _UP_TYPE)
+
+    @property
+    def resonance_id(self) -> int:
+        """The PDG id of the X that decays so (the other X keeps its two-prong table)."""
+        return X_CHARGED_ID if self.charged else X_NEUTRAL_ID
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        first, second = QUARK_IDS[self.first], QUARK_IDS[self.second]
+        if self.charged:  # X+ -> up-type and anti-down-type (X- the conjugates)
+            up, down = (first, second) if self.first in _UP_TYPE else (second, first)
+            return ((1.0, 102, (up, -down)),)
+        if first == second:
+            return ((1.0, 102, (first, -first)),)
+        return ((1.0, 102, (first, -second)), (1.0, 102, (second, -first)))
+
+
+def decay_settings(decay: TwoBodyDecay, masses: ResonanceMasses, *, pt_hat_min: float = 170.0,
+                   bias_power: float = 3.0) -> list[str]:
+    """The ``res2p`` production with the X of ``decay`` decaying only so; the other X keeps its
+    two-prong table (its jets are not kept, see :func:`sophon.generate.truth.decay_jets`)."""
+    settings = _production(masses, _pt_hat_min(masses, pt_hat_min, BOOST["res2p"]), bias_power)
+    for pdg, table in ((X_NEUTRAL_ID, X_NEUTRAL), (X_CHARGED_ID, X_CHARGED)):
+        settings += _decay_table(pdg, decay.channels if pdg == decay.resonance_id else table)
     return settings
 
 

@@ -29,6 +29,7 @@ from sophon.generate.jets import Jets, _ranges, delta_phi, kinematics
 from sophon.labels import CONTENTS, LABELS
 
 __all__ = ["TOKENS", "Truth", "resonance_truth", "qcd_partons", "label_resonant_jets",
+           "decay_key", "decay_jets",
            "label_qcd_jets", "aux_for_sm_jets", "label_index_from_counts", "class_key",
            "qcd_label_name"]
 
@@ -250,12 +251,10 @@ def _jet_pairs(jets: Jets, jet_eta: np.ndarray, jet_phi: np.ndarray, truth: Trut
     return jet_index, rows, inside
 
 
-def label_resonant_jets(jets: Jets, jet_eta, jet_phi, truth: Truth, n_events: int):
-    """Labels (-1: no class) and aux rows of resonance jets.
-
-    Returns ``(labels, aux_jet, aux_row)``: for every jet its JetClass-II index, and pairs
-    (jet, truth row) listing the matched resonance tree, in tree order.
-    """
+def _resonant_content(jets: Jets, jet_eta, jet_phi, truth: Truth, n_events: int):
+    """Per jet, the class key (:func:`class_key`) of the decay products within ``dR < 0.8``
+    (-1: none, products of two resonances, or a product that is no class ingredient) and the
+    resonance tree they come from; with the (jet, truth row) pairs, for :func:`_tree_aux`."""
     n_jets = len(jets)
     jet_index, rows, inside = _jet_pairs(jets, jet_eta, jet_phi, truth, n_events)
     is_product = truth.category[rows] == CAT_PRODUCT
@@ -273,15 +272,51 @@ def label_resonant_jets(jets: Jets, jet_eta, jet_phi, truth: Truth, n_events: in
     topology = np.zeros(n_jets, dtype=np.int64)
     topology[jet_index[hit]] = truth.topology[rows][hit]
     keys = (counts * _BASE ** np.arange(len(TOKENS))).sum(axis=1) + topology * _BASE ** len(TOKENS)
-    labels = np.where(single, label_index_from_counts(keys), -1).astype(np.int32)
-    # Bad tokens (a product that is no class ingredient) make the jet unlabelled.
+    # Bad tokens (a product that is no class ingredient) make the jet's content no class.
     bad = np.zeros(n_jets, dtype=bool)
     bad[jet_index[hit & (truth.token[rows] < 0)]] = True
-    labels[bad] = -1
-    matched_owner = np.where(labels >= 0, lowest, -1)
+    keys = np.where(single & ~bad, keys, -1)
+    return keys, lowest, (jet_index, rows, owner)
+
+
+def _tree_aux(kept: np.ndarray, tree: np.ndarray, pairs, truth: Truth):
+    """The (jet, truth row) aux pairs of the ``kept`` jets: each one's matched resonance tree
+    ``tree``, in tree order."""
+    jet_index, rows, owner = pairs
+    matched_owner = np.where(kept, tree, -1)
     in_tree = matched_owner[jet_index] == owner
-    aux_jet, aux_row = _ordered(jet_index[in_tree], rows[in_tree], truth)
+    return _ordered(jet_index[in_tree], rows[in_tree], truth)
+
+
+def label_resonant_jets(jets: Jets, jet_eta, jet_phi, truth: Truth, n_events: int):
+    """Labels (-1: no class) and aux rows of resonance jets.
+
+    Returns ``(labels, aux_jet, aux_row)``: for every jet its JetClass-II index, and pairs
+    (jet, truth row) listing the matched resonance tree, in tree order.
+    """
+    keys, tree, pairs = _resonant_content(jets, jet_eta, jet_phi, truth, n_events)
+    labels = label_index_from_counts(keys)  # -1 where the content is no class
+    aux_jet, aux_row = _tree_aux(labels >= 0, tree, pairs, truth)
     return labels, aux_jet, aux_row
+
+
+def decay_key(quarks: tuple[str, str]) -> int:
+    """The class key of a jet holding exactly the two quarks ``quarks`` (names of
+    :data:`sophon.generate.settings.QUARK_IDS`; u and d count as ``q``) of one X."""
+    counts = np.zeros(len(TOKENS), dtype=np.int64)
+    for quark in quarks:
+        counts[_T["q" if quark in ("u", "d") else quark]] += 1
+    return class_key(counts, 0)
+
+
+def decay_jets(jets: Jets, jet_eta, jet_phi, truth: Truth, n_events: int,
+               quarks: tuple[str, str]):
+    """The jets holding exactly the decay products ``quarks`` of one X (a decay that may be no
+    JetClass-II class, e.g. X->bs), and their aux rows: ``(kept, aux_jet, aux_row)``."""
+    keys, tree, pairs = _resonant_content(jets, jet_eta, jet_phi, truth, n_events)
+    kept = keys == decay_key(quarks)
+    aux_jet, aux_row = _tree_aux(kept, tree, pairs, truth)
+    return kept, aux_jet, aux_row
 
 
 def label_qcd_jets(jets: Jets, jet_eta, jet_phi, partons: Truth, n_events: int):
