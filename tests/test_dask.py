@@ -278,9 +278,18 @@ def score_inputs(reference_table, tmp_path_factory) -> list[Path]:
 
 
 def _score(*argv: str) -> int:
+    """``sophon score`` on one torch thread: the in-process run and the workers' then sum in
+    the same order (a float32 matmul's bits depend on how many threads split it, and a worker
+    thread need not start with the main thread's count)."""
+    import torch
+
     from sophon.cli import main
 
-    return main(["score", *argv, "--device", "cpu", "-q"])
+    threads = torch.get_num_threads()
+    try:
+        return main(["score", *argv, "--device", "cpu", "--threads", "1", "-q"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_score_on_dask_writes_the_in_process_parts_and_resumes(threaded_cluster, score_inputs,
