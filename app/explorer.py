@@ -14,28 +14,41 @@ slider never touches the jets.
 Per-session memory stays small: the dataset arrays live in the shared
 :class:`~sophon.analysis.DatasetAnalysis`; a session holds only histogram cubes and, while there
 is a latent-space selection, the selected jets' indices.
+
+*On a Dask cluster* (:class:`~sophon.cluster_analysis.ClusterAnalysis`, ``--dask``) a scan
+takes seconds to minutes, and a watcher that waited for it would hold Tornado's event loop,
+which every session of the server shares. There, a discriminant change starts the scans in a
+thread of :data:`CLUSTER_SCANS` and returns at once with :attr:`Explorer.computing` set (the
+views show it with a spinner); the result reaches the session as a next-tick callback of its
+page's document (Bokeh runs it on the event loop, holding the document lock), and a result
+overtaken by a newer change is dropped. The scans hold every efficiency level, so the slider
+stays instant. In memory, everything stays synchronous.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import param
 
 from sophon.analysis import DatasetAnalysis
+from sophon.cluster_analysis import ClusterAnalysis
 from sophon.discriminant import PRESETS, Discriminant, DiscriminantError
 from sophon.labels import QueryError
 from sophon.spectrum import DEFAULT_EFFICIENCIES, EfficiencyScan, SignificanceCurve, nearest_level
 from sophon.store import DatasetError
 
 from app import selection as jet_selection
-from app.state import DatasetProblem, cached_result, load_analysis
+from app.state import DatasetProblem, cached_result, load_analysis, ready_result
 
 __all__ = ["Explorer", "DEFAULT_DISCRIMINANT", "EFFICIENCIES", "MAX_LUMINOSITY",
-           "MAX_LASSO_VERTICES", "SELECTION_DIGITS"]
+           "MAX_LASSO_VERTICES", "SELECTION_DIGITS", "CLUSTER_SCANS", "session_delivery"]
 
 log = logging.getLogger("sophon.app")
 
@@ -52,6 +65,9 @@ MAX_LASSO_VERTICES = 100
 #: Selection geometry is rounded to this many significant digits before jets are selected (the
 #: same numbers then reach the link, which selects the same jets).
 SELECTION_DIGITS = 6
+#: The threads that wait for cluster scans, shared by every session of the process (a thread
+#: only waits: the cluster computes; two sessions on one discriminant share one scan).
+CLUSTER_SCANS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sophon-cluster-scan")
 
 
 class FiniteNumber(param.Number):
@@ -77,6 +93,28 @@ def lasso_vertices(vertices) -> tuple[tuple[float, float], ...]:
         keep = np.unique(np.linspace(0, len(points) - 1, MAX_LASSO_VERTICES).round().astype(int))
         points = points[keep]
     return tuple((rounded(x), rounded(y)) for x, y in points)
+
+
+def session_delivery() -> Callable[[Callable[[], None]], None]:
+    """How a result computed in another thread reaches the current session: on a served page, a
+    next-tick callback of the page's document (``pn.state.execute(..., schedule=True)``:
+    Bokeh runs it on the event loop with the document lock held, as Panel's own callbacks); with
+    no served page (a notebook, tests, the server's preload) at once, in the computing thread."""
+    import panel as pn  # the app's UI library, only when a cluster scan is started
+    from panel.io.state import set_curdoc
+
+    document = pn.state.curdoc
+    if document is None or document.session_context is None:
+        return lambda action: action()
+
+    def deliver(action: Callable[[], None]) -> None:
+        try:
+            with set_curdoc(document):
+                pn.state.execute(action, schedule=True)
+        except Exception:  # the page was closed meanwhile: nobody to show it to
+            log.info("a cluster result found its session gone", exc_info=True)
+
+    return deliver
 
 
 class Explorer(param.Parameterized):
@@ -123,6 +161,8 @@ class Explorer(param.Parameterized):
     error = param.String(default="", doc="The last computation error, for the page.")
     scans_built = param.Integer(default=0, doc="How many times this session's jet scan was "
                                 "computed (or taken from the process-wide cache).")
+    computing = param.String(default="", doc="What is being computed in the background, in "
+                             "words ('' when nothing): the scans on a Dask cluster.")
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -193,6 +233,8 @@ class Explorer(param.Parameterized):
         return self.ready and self.dataset.has("umap_x") and self.dataset.has("umap_y")
 
     def __init__(self, **params):
+        self._scan_generation = 0  # scan requests so far: a cluster result of an older one is stale
+        self._pending_scans: Future | None = None
         super().__init__(**params)
         # a new discriminant's signal and significance: after every other watcher
         # (param.depends watchers run at precedence -1), so the page shows the discriminant
@@ -214,7 +256,7 @@ class Explorer(param.Parameterized):
         self._selection_order: tuple | None = None
         if self.analysis is None:
             self.param.update(scan=None, event_scan=None, significance=None, selection=None,
-                              selection_scan=None, jet=None)
+                              selection_scan=None, jet=None, computing="")
             return
         dataset = self.analysis.dataset
         processes = list(dataset.process_names)
@@ -236,27 +278,98 @@ class Explorer(param.Parameterized):
 
     @param.depends("discriminant", "reference", "jets", watch=True)
     def _update_scans(self):
-        """The jet scan, event scan and the selection's scan: once per discriminant change."""
+        """The jet scan, event scan and the selection's scan: once per discriminant change (on a
+        cluster, in the background: :meth:`_start_cluster_scans`)."""
+        self._scan_generation += 1
         if self.analysis is None:
             return
-        analysis, discriminant = self.analysis, self.discriminant
+        if isinstance(self.analysis, ClusterAnalysis):
+            self._start_cluster_scans()
+            return
         try:
-            jets = self.jets if analysis.dataset.has("jet_rank") else "all"
-            scan = cached_result(analysis, ("jet_scan", discriminant, self.reference, jets),
-                                 lambda: analysis.jet_scan(discriminant, efficiencies=EFFICIENCIES,
-                                                           reference=self.reference, jets=jets))
-            event_scan = None
-            if analysis.has_events:
-                event_scan = cached_result(
-                    analysis, ("event_scan", discriminant),
-                    lambda: analysis.event_scan(discriminant, efficiencies=EFFICIENCIES))
+            results = self._compute_scans(self._scan_jobs())
         except _ERRORS as error:
             self.error = f"Could not compute the spectra: {error}"
             return
+        self._apply_scans(results, **({"computing": ""} if self.computing else {}))
+
+    def _scan_jobs(self) -> dict[str, tuple[tuple, Callable[[], EfficiencyScan]]]:
+        """The scans the current choices need: parameter -> (cache key, computation)."""
+        analysis, discriminant, reference = self.analysis, self.discriminant, self.reference
+        jets = self.jets if analysis.dataset.has("jet_rank") else "all"
+        jobs = {"scan": (("jet_scan", discriminant, reference, jets),
+                         lambda: analysis.jet_scan(discriminant, efficiencies=EFFICIENCIES,
+                                                   reference=reference, jets=jets))}
+        if analysis.has_events:
+            jobs["event_scan"] = (("event_scan", discriminant),
+                                  lambda: analysis.event_scan(discriminant,
+                                                              efficiencies=EFFICIENCIES))
+        return jobs
+
+    def _compute_scans(self, jobs, analysis: DatasetAnalysis | None = None) -> dict:
+        """The scans of ``jobs`` (:meth:`_scan_jobs`), from the process-wide cache or computed."""
+        analysis = self.analysis if analysis is None else analysis
+        results = {"scan": None, "event_scan": None}
+        for name, (key, compute) in jobs.items():
+            results[name] = cached_result(analysis, key, compute)
+        return results
+
+    def _apply_scans(self, results: dict, **updates) -> None:
+        """Show new scans (and the selection's spectra under their thresholds), in one update."""
         self._selection_order = None
-        self.param.update(scan=scan, event_scan=event_scan,
+        scan = results["scan"]
+        self.param.update(scan=scan, event_scan=results["event_scan"],
                           selection_scan=self._subset_scan(scan, self.selection), error="",
-                          scans_built=self.scans_built + 1)
+                          scans_built=self.scans_built + 1, **updates)
+
+    # --- the scans on a cluster -------------------------------------------------------------
+    @property
+    def pending_scans(self) -> Future | None:
+        """The cluster scans last started (done once their result was delivered, or dropped as
+        stale: :func:`session_delivery`); None before any."""
+        return self._pending_scans
+
+    def _start_cluster_scans(self) -> None:
+        """The scans of the current choices on the cluster: at once when the process already
+        has them (going back to a discriminant, a second session on it), else in a thread of
+        :data:`CLUSTER_SCANS`, :attr:`computing` saying so meanwhile."""
+        analysis, jobs, generation = self.analysis, self._scan_jobs(), self._scan_generation
+        ready = {name: ready_result(analysis, key) for name, (key, _) in jobs.items()}
+        if all(result is not None for result in ready.values()):
+            self._apply_scans({"scan": None, "event_scan": None, **ready}, computing="")
+            return
+        self.computing = (f"Computing the spectra on the cluster ({analysis.partitions:,} "
+                          f"partitions of {analysis.n_jets:,} jets)…")
+        deliver, name = session_delivery(), self.discriminant.name
+
+        def run() -> None:
+            try:
+                results = self._compute_scans(jobs, analysis)
+            except Exception as error:  # the cluster's failures too: text for the page
+                if not isinstance(error, _ERRORS):
+                    log.exception("the cluster scan of %s failed", name)
+                # partial binds the error now: the name is unbound once this block ends, and a
+                # served page runs the callback later
+                deliver(partial(self._finish_cluster_scans, generation, analysis, error=error))
+            else:
+                deliver(partial(self._finish_cluster_scans, generation, analysis, results))
+
+        self._pending_scans = CLUSTER_SCANS.submit(run)
+
+    def _finish_cluster_scans(self, generation: int, analysis: DatasetAnalysis,
+                              results: dict | None = None,
+                              error: Exception | None = None) -> None:
+        """Show the scans of request ``generation``, or its error; nothing when the choices or
+        the dataset changed meanwhile (a newer request is on its way, or done)."""
+        if generation != self._scan_generation or analysis is not self.analysis:
+            return
+        if error is not None:
+            text = str(error) if isinstance(error, _ERRORS) else \
+                f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            self.param.update(error=f"Could not compute the spectra on the cluster: {text}",
+                              computing="")
+            return
+        self._apply_scans(results, computing="")
 
     @param.depends("signal", watch=True)
     def _on_signal(self):
@@ -293,7 +406,10 @@ class Explorer(param.Parameterized):
     @param.depends("selection", watch=True)
     def _update_selection(self):
         self._selection_order = None
-        self.selection_scan = self._subset_scan(self.scan, self.selection)
+        # while a cluster scan is on its way, self.scan holds the previous discriminant's
+        # thresholds: the selection's spectra come with the new scan (_apply_scans)
+        self.selection_scan = (None if self.computing else
+                               self._subset_scan(self.scan, self.selection))
 
     def _subset_scan(self, scan: EfficiencyScan | None,
                      subset: np.ndarray | None) -> EfficiencyScan | None:

@@ -19,6 +19,7 @@ from app.views.rescoring import RescoringView
 from app.views.significance import SignificanceView
 from app.views.spectrum import SpectrumView
 from sophon import __version__ as SOPHON_VERSION
+from sophon.cluster_analysis import ClusterAnalysis
 
 __all__ = ["SophonApp", "TAB_NAMES"]
 
@@ -145,9 +146,14 @@ class SophonApp(pn.viewable.Viewer):
         explorer = self.explorer
         if not explorer.ready:
             return ""
-        dataset = explorer.dataset
+        dataset, analysis = explorer.dataset, explorer.analysis
         metadata = dataset.metadata
-        parts = [f"<b>{html.escape(str(dataset.path))}</b>", f"{dataset.n_jets:,} jets"]
+        if isinstance(analysis, ClusterAnalysis):  # the dataset is the whole one's sample
+            parts = [f"<b>{html.escape(str(analysis.path))}</b>",
+                     f"{analysis.n_jets:,} jets, scanned on the Dask cluster",
+                     f"per-jet views: {html.escape(analysis.sample_description())}"]
+        else:
+            parts = [f"<b>{html.escape(str(dataset.path))}</b>", f"{dataset.n_jets:,} jets"]
         if metadata.luminosity_fb:
             parts.append(f"{metadata.luminosity_fb:g} fb⁻¹")
         if metadata.model_id:

@@ -2,6 +2,7 @@
 
     python app/serve.py [--data PATH] [--port 5006]     # this machine only: http://localhost:5006/app
     python app/serve.py --host 0.0.0.0 [--data PATH]    # a workshop room: prints address and password
+    python app/serve.py --data PATH --dask [ADDRESS]    # scans on a Dask cluster (docs/dask.md)
 
 ``make app`` and ``make app HOST=0.0.0.0`` run it. It starts ``panel serve app`` with the
 arguments of :func:`panel_arguments`, the one place they are made (tests/test_serving.py starts
@@ -124,10 +125,12 @@ def write_offline_templates(folder: str | Path) -> tuple[Path, Path]:
 def panel_arguments(host: str = LOOPBACK, port: int = DEFAULT_PORT, data: str | None = None, *,
                     auth_file: str | Path | None = None, share: str | None = None,
                     extra_origins=(), login_template: str | Path | None = None,
-                    logout_template: str | Path | None = None) -> list[str]:
+                    logout_template: str | Path | None = None,
+                    dask: str | None = None) -> list[str]:
     """The arguments of ``panel serve`` (after ``panel``) for ``host``: loopback without a
     login, any other host only with ``auth_file`` (Panel's ``--basic-auth`` JSON file) and,
-    if given, the login and logout pages to show (:func:`write_offline_templates`)."""
+    if given, the login and logout pages to show (:func:`write_offline_templates`); the app's
+    own ``--data`` and ``--dask ADDRESS`` (a Dask scheduler, or ``local``) after ``--args``."""
     if not is_loopback(host) and auth_file is None:
         raise ValueError(f"serving on {host!r} reaches other machines: it needs a password "
                          "(use room(), or python app/serve.py --host HOST)")
@@ -140,8 +143,11 @@ def panel_arguments(host: str = LOOPBACK, port: int = DEFAULT_PORT, data: str | 
             arguments += ["--basic-login-template", str(login_template)]
         if logout_template is not None:
             arguments += ["--logout-template", str(logout_template)]
-    if data is not None:
-        arguments += ["--args", "--data", str(data)]
+    app_arguments = [] if data is None else ["--data", str(data)]
+    if dask is not None:
+        app_arguments += ["--dask", dask]
+    if app_arguments:
+        arguments += ["--args", *app_arguments]
     return arguments
 
 
@@ -189,16 +195,18 @@ def _environment(**changes: str) -> dict[str, str]:
     return env
 
 
-def local(host: str = LOOPBACK, port: int = DEFAULT_PORT, data: str | None = None) -> Serving:
+def local(host: str = LOOPBACK, port: int = DEFAULT_PORT, data: str | None = None, *,
+          dask: str | None = None) -> Serving:
     """This machine only."""
     name = "localhost" if host in ("localhost", LOOPBACK) else host
-    return Serving(command=[*panel_command(), *panel_arguments(host, port, data)],
+    return Serving(command=[*panel_command(), *panel_arguments(host, port, data, dask=dask)],
                    env=_environment(), url=f"http://{_netloc(name, port)}/app")
 
 
 def room(host: str = "0.0.0.0", port: int = DEFAULT_PORT, data: str | None = None, *,
          password: str | None = None, user: str = ROOM_USER, share: str | None = None,
-         extra_origins=(), directory: str | Path | None = None) -> Serving:
+         extra_origins=(), directory: str | Path | None = None,
+         dask: str | None = None) -> Serving:
     """A workshop room on ``host``: a generated password (or ``password``) in a file only this
     user may read, a generated cookie secret, origins limited to the shared address, and login
     and logout pages that need no internet."""
@@ -213,7 +221,7 @@ def room(host: str = "0.0.0.0", port: int = DEFAULT_PORT, data: str | None = Non
     login_template, logout_template = write_offline_templates(folder)
     arguments = panel_arguments(host, port, data, auth_file=auth_file, share=share,
                                 extra_origins=extra_origins, login_template=login_template,
-                                logout_template=logout_template)
+                                logout_template=logout_template, dask=dask)
     return Serving(command=[*panel_command(), *arguments],
                    env=_environment(PANEL_COOKIE_SECRET=secrets.token_urlsafe(32)),
                    url=f"http://{_netloc(share, port)}/app", user=user, password=password,
@@ -233,15 +241,19 @@ def main(argv=None, prog: str = "python app/serve.py") -> int:  # prog: `sophon 
                         help="in a room, one more name participants open the page by "
                              "(e.g. the machine's host name); repeatable")
     parser.add_argument("--user", default=ROOM_USER, help="in a room, the login name")
+    parser.add_argument("--dask", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="scan the dataset on the Dask cluster at ADDRESS (e.g. "
+                             "tcp://scheduler:8786; alone or 'local': a LocalCluster of this "
+                             "machine's cores) instead of loading it in memory")
     args = parser.parse_args(argv)
     if args.data:  # relative to the caller's folder, not to the server's (ROOT)
         args.data = str(Path(args.data).expanduser().absolute())
     if is_loopback(args.host):
-        serving = local(args.host, args.port, args.data)
+        serving = local(args.host, args.port, args.data, dask=args.dask)
     else:
         serving = room(args.host, args.port, args.data, user=args.user,
                        password=os.environ.get(PASSWORD_VARIABLE) or None,
-                       extra_origins=[o for o in args.origin if o])
+                       extra_origins=[o for o in args.origin if o], dask=args.dask)
     print(serving.describe(), flush=True)
     try:
         process = subprocess.Popen(serving.command, env=serving.env, cwd=ROOT)

@@ -8,10 +8,15 @@ Everything here is shared by all sessions of one server process:
   ``SOPHON_MODELS`` / ``data/models``, where the default model ships) and where rescored
   datasets are written (:func:`output_dir`: ``--output DIR`` / ``SOPHON_OUTPUT`` / a folder in
   the system temporary directory);
+- the Dask cluster, if any (:func:`dask_address`: ``--dask ADDRESS``, ``--dask`` alone or
+  ``--dask local`` for a LocalCluster of this machine's cores, / ``SOPHON_DASK``), connected
+  once per process (:func:`dask_client`): the dataset is then never loaded whole; its scans run
+  on the cluster and the per-jet views use a sample (:class:`~sophon.cluster_analysis.
+  ClusterAnalysis`, written under the output folder);
 - the loaded datasets (:func:`load_analysis`): each path is opened and validated ONCE per process
   and the same :class:`~sophon.analysis.DatasetAnalysis` is handed to every session. A dataset
-  that cannot be opened gives a :class:`DatasetProblem` (a message for the page), never an
-  exception, so the server keeps serving.
+  that cannot be opened (or a cluster that cannot be reached) gives a :class:`DatasetProblem`
+  (a message for the page), never an exception, so the server keeps serving.
 
 The app reads models only from the configured folder: :func:`resolve_model` refuses paths
 outside it. Server start-up (preloading the dataset, warming up the latent view) is in
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from sophon.analysis import BuildOnceCache, DatasetAnalysis
+from sophon.extras import MissingExtraError
 from sophon.manifest import DEFAULT_DATASET, REPOSITORY_ROOT, ManifestError, verify_path
 from sophon.store import DatasetError, JetDataset
 
@@ -44,8 +50,12 @@ __all__ = [
     "data_path",
     "models_dir",
     "output_dir",
+    "dask_address",
+    "dask_client",
     "resolve_model",
     "load_analysis",
+    "cached_result",
+    "ready_result",
     "loaded_paths",
     "cached_analysis",
     "release_analysis",
@@ -59,6 +69,12 @@ log = logging.getLogger("sophon.app")
 ROOT = REPOSITORY_ROOT
 DEFAULT_DATA = DEFAULT_DATASET
 MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript")
+#: ``--dask`` without an address: a LocalCluster of this machine's cores.
+LOCAL_CLUSTER = "local"
+#: Seconds the app waits for a Dask scheduler to answer before it says it cannot reach it.
+DASK_CONNECT_TIMEOUT_S = 10.0
+#: The folder under the output folder where the samples of cluster datasets are written.
+SAMPLES_FOLDER = "cluster-samples"
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,21 @@ def output_dir(argv: Sequence[str] | None = None,
                        Path(tempfile.gettempdir()) / "sophon-explorer", argv, environ)
 
 
+def dask_address(argv: Sequence[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> str | None:
+    """The Dask cluster the app computes on: ``--dask ADDRESS`` (e.g. ``tcp://scheduler:8786``),
+    ``--dask`` alone or ``--dask local`` (:data:`LOCAL_CLUSTER`: a LocalCluster of this
+    machine's cores), else ``$SOPHON_DASK``; None without either (the dataset in memory)."""
+    argv = list(sys.argv if argv is None else argv)
+    value = argument("dask", argv)
+    if value is not None and not value.startswith("--"):
+        return value or LOCAL_CLUSTER
+    if "--dask" in argv:  # a flag with no address (last, or followed by the next option)
+        return LOCAL_CLUSTER
+    environ = os.environ if environ is None else environ
+    return environ.get("SOPHON_DASK") or None
+
+
 def resolve_model(name: str, directory: Path | None = None) -> Path:
     """A model file named ``name`` inside the models folder; ValueError for anything else
     (absolute paths, ``..``, unknown suffixes, missing files)."""
@@ -137,6 +168,7 @@ _SHARED = BuildOnceCache()  # (id(analysis), name) -> a derived object
 RESULT_CACHE_SIZE = 64
 _RESULTS = BuildOnceCache(RESULT_CACHE_SIZE)  # (id(analysis), *key) -> a small result
 _LOAD_SECONDS: dict[Path, float] = {}
+_CLIENTS = BuildOnceCache()  # Dask address -> distributed.Client, one per process
 
 
 class _Unopenable(Exception):
@@ -164,16 +196,60 @@ def load_analysis(path: str | os.PathLike) -> DatasetAnalysis | DatasetProblem:
         return unopenable.problem
 
 
+def dask_client(address: str):
+    """The process-wide ``distributed.Client`` of the cluster at ``address`` (or of a new
+    LocalCluster of this machine's cores for :data:`LOCAL_CLUSTER`), made once per process;
+    MissingExtraError without the ``dask`` extra, OSError when the scheduler does not answer
+    within :data:`DASK_CONNECT_TIMEOUT_S` (nothing is kept then: a later session tries again)."""
+    return _CLIENTS.get_or_build(address, lambda: _connect(address))
+
+
+def _connect(address: str):
+    from sophon.dask_scan import local_client, require_dask
+
+    require_dask("the app on a Dask cluster (--dask)", distributed=True)
+    if address == LOCAL_CLUSTER:
+        return local_client()
+    from distributed import Client
+
+    return Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
+
+
+def _cluster_analysis(key: Path, address: str) -> DatasetAnalysis:
+    """The :class:`~sophon.cluster_analysis.ClusterAnalysis` of the dataset at ``key`` on the
+    cluster at ``address``, its sample under the output folder."""
+    from sophon.cluster_analysis import ClusterAnalysis
+    from sophon.dask_scan import DaskScanner
+
+    try:
+        client = dask_client(address)
+    except MissingExtraError as error:
+        raise _Unopenable(DatasetProblem(key, f"{key}: {error}")) from None
+    except OSError as error:  # refused, timed out (TimeoutError), closed
+        text = " ".join(str(error).split())[:300]
+        raise _Unopenable(DatasetProblem(key, f"{key}: cannot reach the Dask cluster at "
+                                              f"{address} ({text}); start its scheduler, or "
+                                              "serve the app without --dask to load the "
+                                              "dataset in memory")) from None
+    return ClusterAnalysis(DaskScanner(key, client=client), output_dir() / SAMPLES_FOLDER)
+
+
 def _open_analysis(key: Path, path: str | os.PathLike) -> DatasetAnalysis:
     start = time.perf_counter()
+    address = dask_address()
     try:
         verify_path(key)  # a shipped dataset must match its data_manifest.yaml checksum
-        dataset = JetDataset(key, validate=False)
-        if dataset.score_head is not None:  # so must the model whose head gives the scores
-            verify_path(dataset.score_head)
-        dataset.validate()
-        analysis = DatasetAnalysis(dataset)
+        if address is not None:  # never loaded whole: scans on the cluster, views on a sample
+            analysis = _cluster_analysis(key, address)
+        else:
+            dataset = JetDataset(key, validate=False)
+            if dataset.score_head is not None:  # so must the model whose head gives the scores
+                verify_path(dataset.score_head)
+            dataset.validate()
+            analysis = DatasetAnalysis(dataset)
         warm_up(analysis)
+    except _Unopenable:
+        raise
     except (DatasetError, ManifestError) as error:
         raise _Unopenable(DatasetProblem(Path(path), str(error))) from None
     except Exception as error:  # anything else in opening or first use: still a page
@@ -197,6 +273,12 @@ def cached_result(analysis: DatasetAnalysis, key: tuple, factory: Callable[[], A
     shared by every session of the process, least recently used first out. Two users on the
     same preset, or one user going back to it, do not recompute it. Results are read-only."""
     return _RESULTS.get_or_build((id(analysis), *key), lambda: _read_only(factory()))
+
+
+def ready_result(analysis: DatasetAnalysis, key: tuple) -> Any | None:
+    """The result :func:`cached_result` keeps for ``key``, or None when it has none yet (never
+    waits, never computes)."""
+    return _RESULTS.get((id(analysis), *key))
 
 
 def _read_only(result: Any) -> Any:

@@ -1168,3 +1168,69 @@ def _passing(per_passed_count: np.ndarray) -> np.ndarray:
     """From histograms by number of thresholds passed (k = 0..L) to the nested histograms of
     level l = 0..L-1 (items passing at least l + 1 thresholds), as the in-memory scan sums."""
     return np.cumsum(per_passed_count[::-1], axis=0)[::-1][1:]
+
+
+# ---------------------------------------------------------------------------------------------
+# A sample of whole events (the per-jet views of the app on a cluster,
+# sophon.cluster_analysis)
+
+#: splitmix64's increment (2^64 / golden ratio): seeds one apart give unrelated draws.
+_SPLITMIX_STEP = 0x9E3779B97F4A7C15
+_UINT64_MASK = (1 << 64) - 1
+
+
+def event_draws(event_ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N,) float64 in [0, 1): one pseudo-random number per event id and ``seed`` (the
+    splitmix64 finaliser of the id), the same for every jet of an event, on every worker and in
+    every run. An event is drawn with probability p when its number is below p."""
+    offset = np.uint64(((int(seed) + 1) * _SPLITMIX_STEP) & _UINT64_MASK)
+    mixed = np.asarray(event_ids, dtype=np.int64).astype(np.uint64) + offset  # wraps mod 2^64
+    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    mixed ^= mixed >> np.uint64(31)
+    return (mixed >> np.uint64(11)).astype(np.float64) * 2.0 ** -53  # the top 53 bits
+
+
+def _sample_partition(partition: Partition, fraction: float, seed: int,
+                      by_event: bool) -> pa.Table:
+    """The rows of ``partition`` whose event is drawn (:func:`event_draws` of ``event_id``, or
+    of the dataset row without ``by_event``), every column, read one column at a time so that
+    a worker holds one column of the partition besides the drawn rows; weights divided by
+    ``fraction`` (a dataset without weights gets weight 1 / fraction)."""
+    if by_event:
+        ids = _Table(partition, ["event_id"]).numbers("event_id", np.int64)
+    else:
+        ids = np.arange(partition.first_row, partition.first_row + partition.rows)
+    drawn = pa.array(event_draws(ids, seed) < fraction)
+    parquet = _parquet_file(partition.file)
+    columns = {}
+    for name in parquet.schema_arrow.names:
+        try:
+            column = parquet.read_row_groups(list(partition.row_groups), columns=[name])[name]
+        except (OSError, pa.ArrowException) as error:
+            raise DatasetError(f"{partition}: cannot read column {name!r} ({error})") from None
+        columns[name] = column.filter(drawn)
+    if fraction < 1:
+        weight = (columns["weight"].cast(pa.float64()) if "weight" in columns else
+                  pa.chunked_array([np.ones(int(np.count_nonzero(drawn)))], pa.float64()))
+        columns["weight"] = pc.divide(weight, fraction)
+    return pa.table(columns)
+
+
+def _concatenate_tables(parts: Sequence[pa.Table]) -> pa.Table:
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def sample_events(scanner: DaskScanner, fraction: float, seed: int = 0) -> pa.Table:
+    """Whole events of ``scanner``'s dataset, each drawn with probability ``fraction`` (by
+    :func:`event_draws` of its ``event_id`` and ``seed``; a dataset without event ids: each jet
+    alone), on the cluster: every column, the rows in dataset order, each weight divided by
+    ``fraction`` (a dataset without weights gets the weight 1 / fraction) so that a weighted
+    sum over the sample is an unbiased estimate of the whole dataset's. One task per partition
+    returns only its drawn rows; the table carries the first file's ``sophon`` metadata."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the sampled fraction must lie in (0, 1], not {fraction}")
+    table = scanner._run(_sample_partition, _concatenate_tables, float(fraction), int(seed),
+                         scanner.dataset.has("event_id"))
+    schema = pq.read_schema(scanner.dataset.files[0])
+    return table.replace_schema_metadata(schema.metadata)

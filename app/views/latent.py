@@ -39,6 +39,7 @@ from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, CustomJSHov
                           LassoSelectTool)
 
 from sophon.analysis import DatasetAnalysis, selection_frame
+from sophon.cluster_analysis import ClusterAnalysis
 from sophon.discriminant import Discriminant
 from sophon.labels import LABELS, N_CLASSES, TRUTH_GROUP_OF_CLASS, TRUTH_GROUPS
 
@@ -436,8 +437,13 @@ class LatentView(ExplorerView):
         self._pane.object = plot
         note = (f" The {TOP_CLASSES_SHOWN} most frequent most-probable classes are coloured; "
                 "the rest are 'other'." if self.color_by == "top" else "")
-        self._note.object = (f"<small>All {self.explorer.dataset.n_jets:,} jets, datashaded."
-                             f"{note}</small>")
+        analysis = self.explorer.analysis
+        if isinstance(analysis, ClusterAnalysis):  # a sample of the dataset on the cluster
+            description = analysis.sample_description()
+            shown = html.escape(description[:1].upper() + description[1:])
+        else:
+            shown = f"All {self.explorer.dataset.n_jets:,} jets"
+        self._note.object = f"<small>{shown}, datashaded.{note}</small>"
 
     def _on_analysis(self, event) -> None:
         if self.explorer.has_latent:

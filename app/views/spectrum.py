@@ -225,6 +225,14 @@ class ScanView(ExplorerView):
         self._stats = pn.pane.HTML("", sizing_mode="stretch_width",
                                    css_classes=[f"{self.scan_name}-stats"])
         self._error = message("", "danger", visible=False)
+        # a scan on a Dask cluster runs in the background: say so while it does (as text)
+        self._computing_text = pn.pane.Str("", css_classes=["computing-text"])
+        self._computing = pn.Row(pn.indicators.LoadingSpinner(value=True, size=20,
+                                                              margin=(5, 10)),
+                                 self._computing_text, visible=False,
+                                 css_classes=[f"{self.scan_name}-computing"])
+        self.watch_explorer(self._show_computing, ["computing"])
+        self._show_computing()
         if self.explorer.ready:
             self._build_figures()
             watched = [self.scan_name, "efficiency", "normalise", "luminosity", "window", "error",
@@ -254,6 +262,10 @@ class ScanView(ExplorerView):
         self.refresh()
         self._curves_pane.object = self.curves_plot.figure
         self._stack_pane.object = self.stack_plot.figure
+
+    def _show_computing(self, *events) -> None:
+        self._computing_text.object = self.explorer.computing
+        self._computing.visible = bool(self.explorer.computing)
 
     def _on_log_y(self, event) -> None:
         """Switch the axes in place and redraw (zeros are gaps on a log axis)."""
@@ -338,7 +350,7 @@ class ScanView(ExplorerView):
     def __panel__(self):
         if not self.explorer.ready:
             return problem_message(self.explorer)
-        return pn.Column(self.controls(), self._stats, self._error,
+        return pn.Column(self.controls(), self._computing, self._stats, self._error,
                          plot_row(self._curves_pane, self._stack_pane),
                          sizing_mode="stretch_width", css_classes=[f"{self.scan_name}-view"])
 

@@ -1,0 +1,78 @@
+"""One end-to-end test of ``panel serve app --args --data DIR --dask local`` in headless chromium
+(the fixtures of tests/test_app_browser.py): the page opens on the cluster analysis, a preset is
+scanned on the LocalCluster while the page says so, and the selected count is the in-memory
+count of the whole SYNTHETIC dataset (test data only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+import test_app_browser
+
+pytest.importorskip("distributed")
+
+from sophon.analysis import DatasetAnalysis  # noqa: E402
+from sophon.discriminant import PRESETS  # noqa: E402
+from sophon.spectrum import DEFAULT_EFFICIENCIES, nearest_level  # noqa: E402
+from sophon.store import JetDataset  # noqa: E402
+from test_app_browser import (ROOT, TIMEOUT_MS, Server, _count, _free_port,  # noqa: E402
+                              _panel_command, _wait_for_text_change, browser)  # noqa: F401
+from test_cluster_analysis import write_parts  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+SCAN_TIMEOUT_S = 120.0  # a preset's scan on two busy cores
+#: The first page waits for the LocalCluster's worker processes (a minute on two busy cores).
+STARTUP_TIMEOUT_S = 300.0
+
+
+class DaskServer(Server):
+    """``panel serve app --args --data DATA --dask local``."""
+
+    def __init__(self, data, tmp):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/app"
+        self.log = tmp / f"panel-{self.port}.log"
+        env = {**os.environ, "SOPHON_OUTPUT": str(tmp / "output"),
+               "SOPHON_MODELS": str(tmp / "models"), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [*_panel_command(), "serve", "app", "--port", str(self.port), "--address",
+             "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--args",
+             "--data", str(data), "--dask", "local"],
+            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(test_app_browser, "READY_TIMEOUT", STARTUP_TIMEOUT_S)
+                self._wait()
+        except BaseException:
+            self.stop()  # and its cluster's workers with it
+            raise
+
+
+def test_a_preset_is_scanned_on_the_cluster(browser, tmp_path):  # noqa: F811
+    data = write_parts(tmp_path / "jets")  # under the sample cap: p = 1
+    server = DaskServer(data, tmp_path)
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    try:
+        page.goto(server.url, timeout=TIMEOUT_MS)
+        page.wait_for_selector(".scan-summary", timeout=SCAN_TIMEOUT_S * 1000)
+        # the header's text lies in its pane's shadow root: found by text, which pierces it
+        header = page.get_by_text("scanned on the Dask cluster").first.inner_text()
+        assert "scanned on the Dask cluster" in header and "20,000 jets" in header
+        first = page.locator(".scan-summary").first.inner_text()
+        page.locator(".preset select").select_option(label="A1: X->cs")
+        after = _wait_for_text_change(page, ".scan-summary", first, timeout=SCAN_TIMEOUT_S)
+        want = DatasetAnalysis(JetDataset(data)).jet_scan(PRESETS["A1: X->cs"])
+        level = nearest_level(DEFAULT_EFFICIENCIES, 1e-2)
+        assert _count(after, "Selected jets") == want.selected_jets(level)
+        assert not page.locator(".scan-computing").first.is_visible()
+        assert server.alive()
+    finally:
+        page.close()
+        server.stop()
+        time.sleep(1)  # the LocalCluster's workers stop with the server
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
