@@ -77,6 +77,8 @@ COLUMN_PREFIX = "transfer_"
 #: Fewest jets a set may hold (a few for each of the training, validation and held-out parts).
 MIN_JETS_PER_SET = 20
 MAX_EPOCHS = 10_000
+#: Heads an ensemble holds at most (each costs one training).
+MAX_ENSEMBLE = 20
 MAX_BATCH_SIZE = 1 << 16
 MAX_SET_TEXT = 4100  # a class query's limit (sophon.labels.MAX_QUERY_LENGTH) and its prefix
 _NAME = re.compile(r"[A-Za-z0-9_]{1,48}")
@@ -179,7 +181,10 @@ class TransferOptions:
     subset beyond); ``flatten``: the flat (pT, mSD) reweighting of each set (off: each set keeps
     its own spectrum, the sets are only balanced), with reference ``reweight_percentile`` (see
     :func:`sophon.training.flattening_factors`); the node discriminants' denominator class query
-    and the signal efficiency at which the best one is chosen."""
+    and the signal efficiency at which the best one is chosen; ``ensemble`` heads trained on the
+    same jets from different initial second layers, dropout masks and minibatch orders, their
+    ln(p_s/p_b) averaged (the few hundred signal jets of a rare process train one head noisily:
+    the average varies less from one training to the next)."""
 
     epochs: int = 40
     batch_size: int = 512
@@ -193,6 +198,7 @@ class TransferOptions:
     denominator: str = "QCD"
     selection_efficiency: float = 0.5
     seed: int = 0
+    ensemble: int = 1
 
     def __post_init__(self):
         checks = (
@@ -218,6 +224,8 @@ class TransferOptions:
              and 0 < self.selection_efficiency < 1, "a number in (0, 1)"),
             ("seed", isinstance(self.seed, int) and 0 <= self.seed < 2**63,
              "a non-negative integer"),
+            ("ensemble", isinstance(self.ensemble, int) and 1 <= self.ensemble <= MAX_ENSEMBLE,
+             f"an integer from 1 to {MAX_ENSEMBLE}"),
         )
         for name, good, rule in checks:
             if not good:
@@ -245,6 +253,10 @@ class TransferHead(nn.Module):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.second(self.dropout(torch.relu(self.first(latents))))
 
+    @property
+    def hidden(self) -> int:
+        return self.first.out_features
+
     @torch.no_grad()
     def log_odds(self, latents: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """ln(p_signal / p_background), (N,) float32, for (N, 128) ``latents`` (eval mode)."""
@@ -261,6 +273,26 @@ class TransferHead(nn.Module):
             values[start:start + len(logits)] = (logits[:, 1] - logits[:, 0]).numpy()
         self.train(was_training)
         return values
+
+
+class HeadEnsemble(nn.Module):
+    """Several :class:`TransferHead` of one shape whose ln(p_signal / p_background) is the
+    members' mean."""
+
+    def __init__(self, members: Sequence[TransferHead]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def hidden(self) -> int:
+        return self.members[0].hidden
+
+    def log_odds(self, latents: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """The members' mean ln(p_signal / p_background), (N,) float32."""
+        total = np.zeros(len(latents), dtype=np.float64)
+        for member in self.members:
+            total += member.log_odds(latents, batch_size)
+        return (total / len(self.members)).astype(np.float32)
 
 
 def preloaded_head(model: SophonModel, *, dropout: float = 0.1, seed: int = 0) -> TransferHead:
@@ -483,7 +515,7 @@ class TransferResult:
 
     signal: str
     background: str
-    head: TransferHead
+    head: TransferHead | HeadEnsemble
     model: Path
     node_discriminant: Discriminant
     head_roc: RocCurve
@@ -506,8 +538,9 @@ class TransferResult:
         node = self.node_discriminant
         return {
             "signal": self.signal, "background": self.background, "jets": self.jets,
-            "head": {"preloaded_from": str(self.model), "hidden": self.head.first.out_features,
-                     "epochs": self.options.epochs, "best_epoch": self.best_epoch},
+            "head": {"preloaded_from": str(self.model), "hidden": self.head.hidden,
+                     "epochs": self.options.epochs, "best_epoch": self.best_epoch,
+                     "ensemble": self.options.ensemble},
             "held_out": {
                 "head": _figures(self.head_roc),
                 "best_node_discriminant": {
@@ -601,6 +634,15 @@ def _train(head: TransferHead, fit: tuple[torch.Tensor, ...], validation: tuple[
     return history, best_epoch
 
 
+def _member_progress(progress: Progress | None, member: int,
+                     options: TransferOptions) -> Progress | None:
+    """``progress`` over all members' epochs, for member ``member``'s training."""
+    if progress is None:
+        return None
+    total = options.epochs * options.ensemble
+    return lambda epoch, epochs: progress(member * options.epochs + epoch, total)
+
+
 def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
                  background: JetSet | str = "process:QCD", *,
                  model: str | os.PathLike | None = None,
@@ -642,8 +684,6 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
     node, _ = best_node_discriminant(training_jets.scores, training_jets.weights, training_signal,
                                      candidates, options.selection_efficiency)
 
-    torch.manual_seed(options.seed)  # dropout masks
-    head = preloaded_head(_load_model(model_path), dropout=options.dropout, seed=options.seed)
     latents = torch.tensor(training_jets.latents)
     labels = torch.from_numpy(training_signal.astype(np.int64))
     weights = torch.from_numpy(training_weights(
@@ -651,9 +691,22 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
         flatten=options.flatten, percentile=options.reweight_percentile).astype(np.float32))
     fit, validation = (torch.from_numpy(np.concatenate(rows)) for rows in (fit_rows,
                                                                            validation_rows))
-    history, best_epoch = _train(head, (latents[fit], labels[fit], weights[fit]),
-                                 (latents[validation], labels[validation], weights[validation]),
-                                 options, rng, progress)
+    model = _load_model(model_path)
+    members, history, best_epoch = [], [], 0
+    for member in range(options.ensemble):
+        # the first member is the single head's training exactly; the others' seeds follow
+        seed = options.seed if member == 0 else options.seed + 7919 * member
+        torch.manual_seed(seed)  # dropout masks
+        head = preloaded_head(model, dropout=options.dropout, seed=seed)
+        member_history, member_best = _train(
+            head, (latents[fit], labels[fit], weights[fit]),
+            (latents[validation], labels[validation], weights[validation]), options,
+            rng if member == 0 else np.random.default_rng([options.seed, 29, member]),
+            _member_progress(progress, member, options))
+        members.append(head)
+        if member == 0:
+            history, best_epoch = member_history, member_best
+    head = members[0] if options.ensemble == 1 else HeadEnsemble(members)
     head_roc = weighted_roc(head.log_odds(test_jets.latents), test_jets.weights, test_signal,
                             ~test_signal)
     node_roc = weighted_roc(node.log_odds(np.asfortranarray(test_jets.scores)), test_jets.weights,
@@ -734,7 +787,8 @@ def _main(args: argparse.Namespace) -> int:
                               test_fraction=args.test_fraction,
                               max_jets_per_set=args.max_jets_per_set,
                               flatten=not args.no_flatten,
-                              denominator=args.denominator, seed=args.seed)
+                              denominator=args.denominator, seed=args.seed,
+                              ensemble=args.ensemble)
     if (args.column is None) != (args.write is None):
         raise ValueError("--column and --write go together: the column's name and the copy of "
                          "the dataset that gets it")
@@ -776,6 +830,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--denominator", default=TransferOptions.denominator,
                         help="class query of the node discriminants' g_B")
     parser.add_argument("--seed", type=int, default=TransferOptions.seed)
+    parser.add_argument("--ensemble", type=int, default=TransferOptions.ensemble, metavar="K",
+                        help="train K heads on the same jets and average their ln(p_s/p_b)")
     parser.add_argument("--column", default=None, metavar="NAME",
                         help="write the head's per-jet value as column transfer_NAME ...")
     parser.add_argument("--write", type=Path, default=None, metavar="PATH",

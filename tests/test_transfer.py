@@ -268,3 +268,25 @@ def test_the_command_prints_the_summary_and_writes_the_column(separable, model_f
     assert main(["transfer", str(separable), "--signal", "Zprime", "--model",
                  str(model_file[0])]) == 2
     assert "unknown process 'Zprime'" in capsys.readouterr().err
+
+
+def test_an_ensemble_averages_its_heads_and_its_first_head_is_the_single_fit(separable,
+                                                                            model_file):
+    options = TransferOptions(epochs=4)
+    single = fit_transfer(separable, "process:signal", "process:QCD", model=model_file[0],
+                          options=options)
+    calls = []
+    ensemble = fit_transfer(separable, "process:signal", "process:QCD", model=model_file[0],
+                            options=TransferOptions(epochs=4, ensemble=3),
+                            progress=lambda done, total: calls.append((done, total)))
+    members = ensemble.head.members
+    assert len(members) == 3 and calls == [(done, 12) for done in range(1, 13)]
+    latents = JetDataset(separable).latents
+    each = [member.log_odds(latents) for member in members]
+    np.testing.assert_array_equal(each[0], single.values)  # the same training as one head
+    assert not np.array_equal(each[0], each[1])  # the others start and shuffle differently
+    np.testing.assert_allclose(ensemble.values, np.mean(each, axis=0), rtol=1e-6, atol=1e-6)
+    summary = ensemble.summary()
+    assert summary["head"]["ensemble"] == 3 and summary["head"]["hidden"] == 256
+    with pytest.raises(ValueError, match="ensemble must be an integer from 1 to 20"):
+        TransferOptions(ensemble=0)

@@ -689,7 +689,7 @@ class LearningView(ExplorerView):
             "background jets, never trained on; each counts its weight)<ul>"
             + "".join(rows) + "</ul>"
             f"<small>Best node discriminant (chosen on the training half): "
-            f"{html.escape(node.name)}. Head: {result.head.first.out_features} hidden units "
+            f"{html.escape(node.name)}. Head: {result.head.hidden} hidden units "
             f"preloaded from <code>{html.escape(result.model.name)}</code>, best epoch "
             f"{result.best_epoch} of {result.options.epochs}; trained on "
             f"{jets['signal']['train']:,} + {jets['background']['train']:,} jets "
