@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -79,3 +80,21 @@ def shifted_latents(rng: np.random.Generator, members: np.ndarray, shift: float)
     latents = rng.normal(size=(len(members), 128))
     latents[members] += shift * direction
     return latents.astype(np.float32)
+
+
+def write_split_parts(folder: Path, sample, weights: np.ndarray, *, split: int, row_group: int,
+                      metadata) -> Path:
+    """The jets of ``sample`` (:func:`sophon.synthetic.make_synthetic`) with ``weights`` as two
+    parquet parts split at row ``split``, in row groups of ``row_group`` rows (odd sizes split
+    events between partitions and files): a folder dataset for the Dask tests."""
+    from sophon.store import write_dataset
+
+    folder.mkdir(parents=True)
+    n_jets = len(weights)
+    for number, (start, stop) in enumerate(((0, split), (split, n_jets))):
+        columns = {name: values[start:stop] for name, values in sample.columns.items()}
+        columns["weight"] = weights[start:stop]
+        path = folder / f"part-{number}.parquet"
+        write_dataset(path, columns, scores=sample.scores[start:stop], metadata=metadata)
+        pq.write_table(pq.read_table(path), path, row_group_size=row_group)
+    return folder

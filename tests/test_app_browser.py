@@ -42,20 +42,29 @@ def _panel_command() -> list[str]:
 class Server:
     """`panel serve app --port PORT --args --data DATA` as a subprocess."""
 
-    def __init__(self, data: Path, tmp: Path):
+    def __init__(self, data: Path, tmp: Path, *, app_args: tuple[str, ...] = (),
+                 ready_timeout: float = READY_TIMEOUT):
+        """``app_args`` follow ``--data DATA``; a server not ready after ``ready_timeout``
+        seconds is stopped (and what it started with it) and RuntimeError raised."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/app"
         self.log = tmp / f"panel-{self.port}.log"
+        self.ready_timeout = ready_timeout
         env = {**os.environ, "SOPHON_OUTPUT": str(tmp / "output"),
                "SOPHON_MODELS": str(tmp / "models"), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [*_panel_command(), "serve", "app", "--port", str(self.port), "--address", "127.0.0.1",
-             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--args", "--data", str(data)],
+             "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--args", "--data", str(data),
+             *app_args],
             cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        self._wait()
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"panel serve exited:\n{self.log.read_text()}")
@@ -65,7 +74,7 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"panel serve not ready after {READY_TIMEOUT} s:\n"
+        raise RuntimeError(f"panel serve not ready after {self.ready_timeout} s:\n"
                            f"{self.log.read_text()}")
 
     def alive(self) -> bool:

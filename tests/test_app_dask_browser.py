@@ -5,13 +5,9 @@ count of the whole SYNTHETIC dataset (test data only)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
-
-import test_app_browser
 
 pytest.importorskip("distributed")
 
@@ -19,8 +15,8 @@ from sophon.analysis import DatasetAnalysis  # noqa: E402
 from sophon.discriminant import PRESETS  # noqa: E402
 from sophon.spectrum import DEFAULT_EFFICIENCIES, nearest_level  # noqa: E402
 from sophon.store import JetDataset  # noqa: E402
-from test_app_browser import (ROOT, TIMEOUT_MS, Server, _count, _free_port,  # noqa: E402
-                              _panel_command, _wait_for_text_change, browser)  # noqa: F401
+from test_app_browser import (TIMEOUT_MS, Server, _count,  # noqa: E402
+                              _wait_for_text_change, browser)  # noqa: F401
 from test_cluster_analysis import write_parts  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -29,32 +25,10 @@ SCAN_TIMEOUT_S = 120.0  # a preset's scan on two busy cores
 STARTUP_TIMEOUT_S = 300.0
 
 
-class DaskServer(Server):
-    """``panel serve app --args --data DATA --dask local``."""
-
-    def __init__(self, data, tmp):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/app"
-        self.log = tmp / f"panel-{self.port}.log"
-        env = {**os.environ, "SOPHON_OUTPUT": str(tmp / "output"),
-               "SOPHON_MODELS": str(tmp / "models"), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [*_panel_command(), "serve", "app", "--port", str(self.port), "--address",
-             "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{self.port}", "--args",
-             "--data", str(data), "--dask", "local"],
-            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        try:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(test_app_browser, "READY_TIMEOUT", STARTUP_TIMEOUT_S)
-                self._wait()
-        except BaseException:
-            self.stop()  # and its cluster's workers with it
-            raise
-
-
 def test_a_preset_is_scanned_on_the_cluster(browser, tmp_path):  # noqa: F811
     data = write_parts(tmp_path / "jets")  # under the sample cap: p = 1
-    server = DaskServer(data, tmp_path)
+    # the first page waits for the LocalCluster's workers; a failed start stops them too
+    server = Server(data, tmp_path, app_args=("--dask", "local"), ready_timeout=STARTUP_TIMEOUT_S)
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     try:
         page.goto(server.url, timeout=TIMEOUT_MS)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+from conftest import write_split_parts
 
 pytest.importorskip("dask")
 pytest.importorskip("distributed")
@@ -23,7 +23,7 @@ from sophon.analysis import DatasetAnalysis  # noqa: E402
 from sophon.cluster_analysis import SAMPLE_METADATA_KEY, ClusterAnalysis  # noqa: E402
 from sophon.dask_scan import DaskScanner, event_draws, sample_events  # noqa: E402
 from sophon.discriminant import PRESETS  # noqa: E402
-from sophon.store import DatasetMetadata, JetDataset, write_dataset  # noqa: E402
+from sophon.store import DatasetMetadata, JetDataset  # noqa: E402
 from sophon.synthetic import make_synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,17 +51,10 @@ def client():
 def write_parts(folder: Path, n_jets: int = N_JETS, split: int = SPLIT) -> Path:
     """A synthetic dataset of ``n_jets`` in two parts of odd row groups, dyadic weights."""
     sample = make_synthetic(n_jets, seed=7, with_latents=False)
-    folder.mkdir(parents=True)
-    metadata = DatasetMetadata(luminosity_fb=100.0, model_id="synthetic",
-                               extra={"synthetic": True})
     weights = np.round(sample.columns["weight"] * 1024) / 1024
-    for number, (start, stop) in enumerate(((0, split), (split, n_jets))):
-        columns = {name: values[start:stop] for name, values in sample.columns.items()}
-        columns["weight"] = weights[start:stop]
-        path = folder / f"part-{number}.parquet"
-        write_dataset(path, columns, scores=sample.scores[start:stop], metadata=metadata)
-        pq.write_table(pq.read_table(path), path, row_group_size=ROW_GROUP)
-    return folder
+    return write_split_parts(folder, sample, weights, split=split, row_group=ROW_GROUP,
+                             metadata=DatasetMetadata(luminosity_fb=100.0, model_id="synthetic",
+                                                      extra={"synthetic": True}))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_split_parts
 
 pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
@@ -55,15 +56,8 @@ def sample():
 
 
 def _write_parts(folder: Path, sample, weights: np.ndarray) -> Path:
-    folder.mkdir()
-    metadata = DatasetMetadata(luminosity_fb=100.0, model_id="synthetic")
-    for number, (start, stop) in enumerate(((0, SPLIT), (SPLIT, N_JETS))):
-        columns = {name: values[start:stop] for name, values in sample.columns.items()}
-        columns["weight"] = weights[start:stop]
-        path = folder / f"part-{number}.parquet"
-        write_dataset(path, columns, scores=sample.scores[start:stop], metadata=metadata)
-        pq.write_table(pq.read_table(path), path, row_group_size=ROW_GROUP)
-    return folder
+    return write_split_parts(folder, sample, weights, split=SPLIT, row_group=ROW_GROUP,
+                             metadata=DatasetMetadata(luminosity_fb=100.0, model_id="synthetic"))
 
 
 @pytest.fixture(scope="module")
