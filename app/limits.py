@@ -51,6 +51,7 @@ __all__ = [
     "MAX_LEARNING_JOBS_TOTAL",
     "MAX_TRANSFER_JETS_PER_SET",
     "MAX_TRANSFER_EPOCHS",
+    "MAX_TRANSFER_ENSEMBLE",
     "MAX_SCAN_WINDOWS",
     "MAX_SCAN_JETS_PER_WINDOW",
     "SCAN_BOOSTING_ITERATIONS",
@@ -88,10 +89,12 @@ MAX_LEARNING_JOBS_PER_SESSION = 1
 #: Learning jobs unfinished at a time on the whole server.
 MAX_LEARNING_JOBS_TOTAL = 3
 #: The most jets of each set one transfer training uses (a random subset beyond; the embedded
-#: default holds 74,376 QCD jets and 3,610 Higgs jets).
+#: default holds 83,802 QCD jets, 2,741 Z+jets jets and 2,403 Higgs jets).
 MAX_TRANSFER_JETS_PER_SET = 20_000
 #: The most epochs one transfer training runs.
 MAX_TRANSFER_EPOCHS = 100
+#: The most heads one transfer training averages (each trains for the epochs asked).
+MAX_TRANSFER_ENSEMBLE = 10
 #: The most mass windows one sliding-window search scans (the paper's scan has 24).
 MAX_SCAN_WINDOWS = 30
 #: The most training jets of each of a search's classifiers (a uniform subset beyond).

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sophon.atomic import DATASET_METADATA_KEY, atomic_output, write_table_atomic
+from sophon.atomic import DATASET_METADATA_KEY, write_table_atomic
 from sophon.cli import report_json
 from sophon.discriminant import Discriminant, DiscriminantError, Term
 from sophon.labels import GROUPS, LABELS, mask as class_mask

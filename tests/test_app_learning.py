@@ -191,6 +191,21 @@ def test_the_head_outlives_the_composers_round_trip_on_a_served_page(explorer, m
     assert "p_\\mathrm{s}" in composer._latex.object and not composer._alert.visible
 
 
+def test_an_ensemble_of_heads_is_trained_and_said(explorer):
+    view = _quick(LearningView(explorer), epochs=3)
+    render(view)
+    view._ensemble.value = 2  # typed into the page's input
+    assert view.ensemble == 2 and view.transfer_options().ensemble == 2
+    job = view.train(wait=True)
+    assert job.state == "done", job.message
+    assert job.total == 6 and job.done == 6  # three epochs of each of two heads
+    result = view.transfer_result
+    assert len(result.head.members) == 2
+    assert "the average of 2 heads of 256 hidden units" in view._transfer_text.object
+    with pytest.raises(ValueError):  # the bound: each head costs one training
+        view.ensemble = limits.MAX_TRANSFER_ENSEMBLE + 1
+
+
 def test_cancel_stops_the_training_and_frees_the_session(explorer):
     view = _quick(LearningView(explorer), epochs=limits.MAX_TRANSFER_EPOCHS)
     job = view.train()

@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-import polars as pl
 from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, CustomJSHover, HoverTool,
                           LassoSelectTool)
 

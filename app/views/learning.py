@@ -7,11 +7,13 @@ true class, where the dataset has one), or ``selection`` (the jets selected in t
 latent space). The command line's ``rows:FILE`` and ``file:PATH`` are refused: the page reads no
 file of the server. **Train** runs :func:`sophon.transfer.fit_transfer` with at most
 :data:`~app.limits.MAX_TRANSFER_JETS_PER_SET` jets a set and
-:data:`~app.limits.MAX_TRANSFER_EPOCHS` epochs, its first layer preloaded from the model head
-that scored the dataset (:func:`head_checkpoint`: the checkpoint a compact dataset names, else
-the ``.pt`` file of the models folder whose hash the dataset's model id names). When it is done
-the page shows the held-out ROC curve (background rejection against signal efficiency, the head
-and the best node discriminant) and the rejections at 30 % and 50 % signal efficiency.
+:data:`~app.limits.MAX_TRANSFER_EPOCHS` epochs (an ensemble: at most
+:data:`~app.limits.MAX_TRANSFER_ENSEMBLE` heads, their ln(p_s/p_b) averaged), its first layer
+preloaded from the model head that scored the dataset (:func:`head_checkpoint`: the checkpoint
+a compact dataset names, else the ``.pt`` file of the models folder whose hash the dataset's
+model id names). When it is done the page shows the held-out ROC curve (background rejection
+against signal efficiency, the head and the best node discriminant) and the rejections at 30 %
+and 50 % signal efficiency.
 
 **Use as discriminant.** The head's per-jet score ln(p_s / p_b)
 (:attr:`~sophon.transfer.TransferResult.values`) becomes the session's discriminant as a
@@ -83,8 +85,8 @@ from sophon.transfer import MAX_SET_TEXT, JetSet, TransferOptions, TransferResul
 
 from app.jobs import WorkerJob, queue
 from app.limits import (MAX_LEARNING_JOBS_PER_SESSION, MAX_LEARNING_JOBS_TOTAL,
-                        MAX_SCAN_JETS_PER_WINDOW, MAX_SCAN_WINDOWS, MAX_TRANSFER_EPOCHS,
-                        MAX_TRANSFER_JETS_PER_SET, SCAN_BOOSTING_ITERATIONS, Budget,
+                        MAX_SCAN_JETS_PER_WINDOW, MAX_SCAN_WINDOWS, MAX_TRANSFER_ENSEMBLE,
+                        MAX_TRANSFER_EPOCHS, MAX_TRANSFER_JETS_PER_SET, SCAN_BOOSTING_ITERATIONS, Budget,
                         LimitReached, Limits, SessionUsage)
 from app.plots import (efficiency_label, format_number, plot_row, process_colors,
                        readable_ticks)
@@ -457,6 +459,8 @@ class LearningView(ExplorerView):
     background = param.String(default="process:QCD", doc="The background jet set, as text.")
     epochs = param.Integer(default=DEFAULT_EPOCHS, bounds=(1, MAX_TRANSFER_EPOCHS))
     flatten = param.Boolean(default=True, doc="Flat (pT, mSD) reweighting of each set.")
+    ensemble = param.Integer(default=1, bounds=(1, MAX_TRANSFER_ENSEMBLE),
+                             doc="Heads trained on the same jets, their ln(p_s/p_b) averaged.")
     start = param.Number(default=65.0, bounds=(0.0, 1e4), doc="First window centre (GeV).")
     stop = param.Number(default=295.0, bounds=(0.0, 1e4), doc="Last window centre (GeV).")
     step = param.Number(default=10.0, bounds=(1.0, 1e3), doc="GeV between window centres.")
@@ -523,6 +527,8 @@ class LearningView(ExplorerView):
         self._background_status = pn.pane.HTML(pn.bind(self._set_status, self.param.background))
         self._epochs = pn.widgets.IntSlider.from_param(self.param.epochs, name="Epochs",
                                                        width=220)
+        self._ensemble = pn.widgets.IntInput.from_param(self.param.ensemble,
+                                                        name="Heads averaged", width=120)
         self._flatten = pn.widgets.Checkbox.from_param(self.param.flatten,
                                                        name="flat (pT, mSD) reweighting")
         self._train, self._train_cancel, self._train_progress, self._train_status = \
@@ -618,7 +624,8 @@ class LearningView(ExplorerView):
     def transfer_options(self) -> TransferOptions:
         return TransferOptions(epochs=int(min(self.epochs, MAX_TRANSFER_EPOCHS)),
                                max_jets_per_set=MAX_TRANSFER_JETS_PER_SET,
-                               flatten=bool(self.flatten))
+                               flatten=bool(self.flatten),
+                               ensemble=int(min(self.ensemble, MAX_TRANSFER_ENSEMBLE)))
 
     def train(self, wait: bool = False) -> LearningJob | None:
         """Start training a head on the two typed sets (``wait``: until it has finished, and
@@ -654,11 +661,16 @@ class LearningView(ExplorerView):
             torch.set_num_threads(_worker_threads())
             job.message = ("preparing: the two sets' latents and weights, the node "
                            "discriminants to compare with")
-            job.total = options.epochs
+            job.total = options.epochs * options.ensemble
 
             def progress(epoch: int, epochs: int) -> None:
+                # epochs run over all heads of an ensemble, one head after the other
                 job.report(epoch, epochs)
-                job.message = (f"epoch {epoch} of {epochs}" if epoch < epochs else
+                head, head_epoch = divmod(epoch - 1, options.epochs)
+                of_head = (f" of head {head + 1} of {options.ensemble}"
+                           if options.ensemble > 1 else "")
+                job.message = (f"epoch {head_epoch + 1} of {options.epochs}{of_head}"
+                               if epoch < epochs else
                                "evaluating on the held-out half; the head's score of every jet")
 
             return fit_transfer(analysis.dataset, signal, background, model=checkpoint,
@@ -681,6 +693,8 @@ class LearningView(ExplorerView):
                 f"{format_number(node.rejection)}</span> ± {format_number(node.error)}</li>")
         jets = result.jets
         node = result.node_discriminant
+        heads = result.options.ensemble
+        ensemble = f"the average of {heads} heads of " if heads > 1 else ""
         self._transfer_text.object = (
             "<div class='learning-transfer-result-text'>"
             f"<b>{html.escape(result.signal)}</b> against <b>{html.escape(result.background)}"
@@ -689,7 +703,7 @@ class LearningView(ExplorerView):
             "background jets, never trained on; each counts its weight)<ul>"
             + "".join(rows) + "</ul>"
             f"<small>Best node discriminant (chosen on the training half): "
-            f"{html.escape(node.name)}. Head: {result.head.hidden} hidden units "
+            f"{html.escape(node.name)}. Head: {ensemble}{result.head.hidden} hidden units "
             f"preloaded from <code>{html.escape(result.model.name)}</code>, best epoch "
             f"{result.best_epoch} of {result.options.epochs}; trained on "
             f"{jets['signal']['train']:,} + {jets['background']['train']:,} jets "
@@ -907,7 +921,7 @@ class LearningView(ExplorerView):
             pn.Row(pn.Column(self._signal, self._signal_status, sizing_mode="stretch_width"),
                    pn.Column(self._background, self._background_status,
                              sizing_mode="stretch_width"), sizing_mode="stretch_width"),
-            pn.Row(self._epochs, self._flatten),
+            pn.Row(self._epochs, self._ensemble, self._flatten),
             pn.Row(self._train, self._train_cancel), self._train_progress, self._train_status,
             self._transfer_text, self._roc, pn.Row(self._use, self._download),
             sizing_mode="stretch_width", css_classes=["learning-transfer"])
