@@ -30,16 +30,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+from bench_scoring import DEFAULT_PARQUET, reference_table  # the same jets as the throughput rows
 
 from sophon.export import export_onnx
 from sophon.features import RaggedInputs, ragged_inputs
 from sophon.model import SophonModel, randomize_weights_
 from sophon.training import TRAINING_CONFIGS
 
-DEFAULT_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / \
-    "JetClassII_example.parquet"
 STAGES = ("inputs: pad a batch", "particle embedding", "pair features + embedding",
           "particle blocks", "class blocks", "head")
 _MODULE_STAGES = (("pair_embed", "pair features + embedding"), ("cls_blocks", "class blocks"),
@@ -94,19 +92,26 @@ def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
 
 
 class StageClock:
-    """Forward hooks on the model's stage modules adding each call's wall time to its stage."""
+    """Forward hooks on the model's stage modules adding each call's wall time to its stage;
+    :meth:`remove` takes them off again (a later clock on the same model must time alone)."""
 
     def __init__(self, model: SophonModel):
         self.seconds: dict[str, float] = defaultdict(float)
         self._started: dict[int, float] = {}
+        self._handles = []
         mod = model.mod
         modules = [(mod.embed, "particle embedding"), (mod.pair_embed, "pair features + embedding"),
                    (mod.norm, "head"), (mod.fc, "head")]
         modules += [(block, "particle blocks") for block in mod.blocks]
         modules += [(block, "class blocks") for block in mod.cls_blocks]
         for module, stage in modules:
-            module.register_forward_pre_hook(self._start)
-            module.register_forward_hook(lambda m, i, o, stage=stage: self._stop(m, stage))
+            self._handles.append(module.register_forward_pre_hook(self._start))
+            self._handles.append(module.register_forward_hook(
+                lambda m, i, o, stage=stage: self._stop(m, stage)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
     def _start(self, module, inputs) -> None:
         self._started[id(module)] = time.perf_counter()
@@ -119,15 +124,18 @@ def torch_profile(model: SophonModel, ragged: RaggedInputs, batch_size: int) -> 
     """Seconds per jet of each stage, and of the whole pass ("total"), at ``batch_size``."""
     clock = StageClock(model)
     total = 0.0
-    with torch.inference_mode():
-        for jets in batches(ragged, batch_size):
-            start = time.perf_counter()
-            inputs = ragged.padded(jets)
-            padded = time.perf_counter()
-            model(torch.from_numpy(inputs.pf_features), torch.from_numpy(inputs.pf_vectors),
-                  torch.from_numpy(inputs.pf_mask))
-            total += time.perf_counter() - start
-            clock.seconds["inputs: pad a batch"] += padded - start
+    try:
+        with torch.inference_mode():
+            for jets in batches(ragged, batch_size):
+                start = time.perf_counter()
+                inputs = ragged.padded(jets)
+                padded = time.perf_counter()
+                model(torch.from_numpy(inputs.pf_features), torch.from_numpy(inputs.pf_vectors),
+                      torch.from_numpy(inputs.pf_mask))
+                total += time.perf_counter() - start
+                clock.seconds["inputs: pad a batch"] += padded - start
+    finally:
+        clock.remove()
     n_jets = len(ragged)
     result = {stage: clock.seconds[stage] / n_jets for stage in STAGES}
     result["total"] = total / n_jets
@@ -203,8 +211,7 @@ def main() -> None:
     if not args.parquet.is_file():
         raise SystemExit(f"{args.parquet}: the JetClass-II reference jets are not here")
     torch.set_num_threads(args.threads)
-    source = pq.read_table(args.parquet)
-    source = source.take(np.arange(args.jets) % source.num_rows)
+    source = reference_table(args.parquet, args.jets, min_particles=0)
     start = time.perf_counter()
     ragged = ragged_inputs(source)
     features = (time.perf_counter() - start) / len(ragged)
@@ -213,8 +220,7 @@ def main() -> None:
           f"{ragged.multiplicity.max()}), {args.threads} threads; model inputs from the columns "
           f"{features * 1e6:.0f} us/jet (once per file); plain fp32 matmul {peak:.0f} GFLOP/s")
     for name in args.configs:
-        config = TRAINING_CONFIGS["small"] if name == "small" else None
-        model = SophonModel(config) if config is not None else SophonModel()
+        model = SophonModel(TRAINING_CONFIGS["small"] if name == "small" else None)
         model = randomize_weights_(model, seed=args.seed).eval()
         flops = multiply_adds(model, ragged.multiplicity)
         torch_rows = {size: torch_profile(model, ragged, size) for size in args.batch_sizes}

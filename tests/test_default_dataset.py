@@ -142,23 +142,17 @@ def test_tight_cuts_rest_on_many_jets(analysis, preset):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")  # the figures' bits depend on the thread count
 def test_a_transfer_head_tells_higgs_from_z_jets_better_than_the_best_node(analysis):
     """Issue 17's case: Higgs against Z+jets, where H->bb and Z->bb share their decay content and
     so their output nodes (the nodes name the content, not the resonance). A flattened ensemble of
     five heads on the latents (seed 0, held-out half) against the best node discriminant of the
     188 classes and the named groups, chosen on the training half; on this default the head
     reaches about 6 at 50 % signal efficiency, the node about 3.5 (docs/transfer.md)."""
-    import torch
-
     from sophon.transfer import TransferOptions, fit_transfer
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the figures' bits depend on the thread count: one, as in CI
-    try:
-        result = fit_transfer(analysis.dataset, "process:Higgs", "process:Z+jets",
-                              options=TransferOptions(ensemble=5, seed=0))
-    finally:
-        torch.set_num_threads(threads)
+    result = fit_transfer(analysis.dataset, "process:Higgs", "process:Z+jets",
+                          options=TransferOptions(ensemble=5, seed=0))
     head, node = result.rejection(0.5), result.rejection(0.5, nodes=True)
     assert head.rejection - node.rejection > 2 * np.hypot(head.error, node.error)
     assert head.effective_jets > 50 and node.effective_jets > 50  # not a few heavy jets
