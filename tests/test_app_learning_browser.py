@@ -1,7 +1,7 @@
 """The Learning tab in a real browser: `panel serve app` driven by Debian's chromium as a person
 drives it. Type a jet set the dataset does not have (the page names it and starts nothing),
-type a good one, click Train, wait for the held-out rejections, click Use as discriminant and
-read the composer. The served dataset is SYNTHETIC (tests/test_app_learning.py's, smaller), its
+type a good one and two heads to average, click Train, wait for the held-out rejections, click
+Use as discriminant and read the composer. The served dataset is SYNTHETIC (tests/test_app_learning.py's, smaller), its
 model id naming the hash of the model file in the models folder. Skipped (with the reason) when
 /usr/bin/chromium is absent, as in tests/test_app_browser.py whose browser fixture, Server and
 helpers these tests use."""
@@ -70,12 +70,15 @@ def test_train_and_use_the_head(browser, served):  # noqa: F811
                              lambda text: "Not started" in text, "the refusal")
         assert "the processes are Higgs, QCD" in status
 
-        # a good set: the training runs in the background and reports the held-out rejections
+        # a good set and two heads averaged: the training runs in the background and reports
+        # the held-out rejections
         _type(page, ".learning-signal input", "Higgs")
+        _type(page, ".learning-ensemble input", "2")
         page.get_by_role("button", name="Train").click()
         result = _eventually(lambda: _text(page, ".learning-transfer-result-text"),
                              lambda text: "50%" in text, "the training's result")
         assert "30%" in result and "trained head" in result and "best node" in result
+        assert "the average of 2 heads" in result
         rejection = float(page.locator(".learning-head-rejection").nth(1).inner_text()
                           .replace(",", ""))
         assert rejection > 2

@@ -86,8 +86,8 @@ from sophon.transfer import MAX_SET_TEXT, JetSet, TransferOptions, TransferResul
 from app.jobs import WorkerJob, queue
 from app.limits import (MAX_LEARNING_JOBS_PER_SESSION, MAX_LEARNING_JOBS_TOTAL,
                         MAX_SCAN_JETS_PER_WINDOW, MAX_SCAN_WINDOWS, MAX_TRANSFER_ENSEMBLE,
-                        MAX_TRANSFER_EPOCHS, MAX_TRANSFER_JETS_PER_SET, SCAN_BOOSTING_ITERATIONS, Budget,
-                        LimitReached, Limits, SessionUsage)
+                        MAX_TRANSFER_EPOCHS, MAX_TRANSFER_JETS_PER_SET,
+                        SCAN_BOOSTING_ITERATIONS, Budget, LimitReached, Limits, SessionUsage)
 from app.plots import (efficiency_label, format_number, plot_row, process_colors,
                        readable_ticks)
 from app.state import list_models, output_dir, resolve_model, shared
@@ -527,8 +527,9 @@ class LearningView(ExplorerView):
         self._background_status = pn.pane.HTML(pn.bind(self._set_status, self.param.background))
         self._epochs = pn.widgets.IntSlider.from_param(self.param.epochs, name="Epochs",
                                                        width=220)
-        self._ensemble = pn.widgets.IntInput.from_param(self.param.ensemble,
-                                                        name="Heads averaged", width=120)
+        self._ensemble = pn.widgets.IntInput.from_param(
+            self.param.ensemble, name="Heads averaged", width=120,
+            css_classes=["learning-ensemble"])
         self._flatten = pn.widgets.Checkbox.from_param(self.param.flatten,
                                                        name="flat (pT, mSD) reweighting")
         self._train, self._train_cancel, self._train_progress, self._train_status = \
