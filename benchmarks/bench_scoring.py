@@ -1,14 +1,23 @@
 """Scoring throughput: the published way and the reference implementation against ours, one run.
 
-CPU section (always): on the same jets (the 100 JetClass-II reference jets, tiled), timed in
-interleaved rounds (best of each kept, so load from other work on a shared machine hits all alike),
+CPU section (always), for the full (published) configuration and the embedded default's small
+one (``--configs``), random seeded weights: on the same jets (the 100 JetClass-II reference jets,
+tiled), timed in interleaved rounds (best of each kept, so load from other work on a shared
+machine hits all alike),
 
-- ``onnxruntime, one jet per call``: the published notebook's loop, each jet at its own length (the
-  baseline of the ratios, and the reference of ``max|dp|``), and with 128 slots;
-- ``torch eager fp32, 128 slots``: the plain model on the contract's padded batch, and weaver-core's
-  ParticleTransformer the same way when it is installed;
-- ours: :class:`sophon.scorers.TorchScorer` (bucketed by multiplicity, trimmed padding) in fp32 and
-  bf16 autocast, and :class:`sophon.scorers.OnnxScorer` bucketed.
+- the baseline of the ratios and the reference of ``max|dp|``: the published notebook's loop, one
+  onnxruntime call per jet at its own length, on the published graph (weaver-core's network in
+  the same shape, exported to ONNX; our own graph when weaver-core is not installed); the same
+  at the contract's 128 slots; the plain model on a 128-slot batch;
+- ours: onnxruntime on our graph (pair embedding once per unordered pair), one jet per call and
+  bucketed, one call at a time or one call per core at once (the default of ``sophon score`` and
+  the app on the CPU); :class:`sophon.scorers.TorchScorer` (bucketed by multiplicity, trimmed
+  padding) in fp32, with the feed-forward layers in dynamic int8, in bf16 autocast where the CPU
+  has bf16 instructions, and compiled with ``--compile-cpu``.
+
+Each row also gives its fraction of the arithmetic limit: the FLOP per jet of the configuration at
+these multiplicities (dense layers, pair embedding over n (n + 1) / 2 pairs, QK^T and AV; norms,
+activations and softmax not counted) against a plain fp32 matmul on the same threads, same run.
 
 CUDA section (only with a GPU): weaver-core eager (fp32, tf32, bf16 autocast; 128 slots) against
 ``TorchScorer`` (bucketed, bf16/fp16/fp32, optionally ``--compile``), jets/s and ratio, plus the
@@ -21,6 +30,7 @@ largest probability difference from the fp32 reference (target: <= 1e-3) and whe
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 import time
@@ -34,10 +44,12 @@ import pyarrow.parquet as pq
 import torch
 
 from sophon.export import export_onnx
-from sophon.features import RaggedInputs, ragged_inputs
+from sophon.features import JetInputs, RaggedInputs, ragged_inputs
+from sophon.labels import N_CLASSES
+from sophon.model import SophonConfig, SophonModel, count_parameters, randomize_weights_
 from sophon.oracle import weaver_reference
-from sophon.model import SophonModel, randomize_weights_
-from sophon.scorers import OnnxScorer, TorchScorer
+from sophon.scorers import OnnxScorer, TorchScorer, cpu_has_bf16
+from sophon.training import TRAINING_CONFIGS
 
 DEFAULT_PARQUET = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / \
     "JetClassII_example.parquet"
@@ -90,6 +102,45 @@ def row(name: str, jets_per_second: float, baseline: float, difference: float | 
     print(f"  {name:<52s} {jets_per_second:>12,.0f} jets/s   x{jets_per_second / baseline:6.2f}{note}")
 
 
+def _chain(widths) -> int:
+    """Multiply-adds of a chain of dense layers of these widths, per input vector."""
+    return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def multiply_adds(config: SophonConfig, multiplicity: np.ndarray) -> dict[str, float]:
+    """Multiply-adds per jet of each stage, averaged over jets of ``multiplicity`` particles
+    (unpadded): dense layers and the attention's QK^T and AV products; norms, activations and
+    the softmax left out. The pair embedding runs once per unordered pair, n (n + 1) / 2."""
+    n = multiplicity.astype(np.float64)
+    d = config.embed_dim
+    ffn = d * config.ffn_ratio
+    dense = 4 * d * d + 2 * d * ffn  # q, k, v and out projections; the two feed-forward layers
+    pairs = n * (n + 1) / 2
+    pair_widths = (config.pair_input_dim, *config.pair_embed_dims, config.num_heads)
+    head_widths = (d, *(width for width, _ in config.fc_params), config.num_classes)
+    return {
+        "particle embedding": float(np.mean(n * _chain((config.input_dim, *config.embed_dims)))),
+        "pair features + embedding": float(np.mean(pairs * _chain(pair_widths))),
+        "particle blocks": float(np.mean(config.num_layers * (n * dense + 2 * n * n * d))),
+        # one class token attends to itself and the n particles: keys and values of n + 1
+        "class blocks": float(np.mean(config.num_cls_layers * (
+            (n + 1) * 2 * d * d + 2 * d * d + 2 * d * ffn + 2 * (n + 1) * d))),
+        "head": float(_chain(head_widths)),
+    }
+
+
+def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of a plain fp32 (size x size) matmul on ``threads`` threads, best of ``repeats``."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
 @dataclass
 class Contender:
     """One way of scoring, timed on ``n_jets`` jets (the first ones of the sample)."""
@@ -111,69 +162,110 @@ class Contender:
         return self.n_jets / self.seconds
 
 
-def cpu_section(model: SophonModel, table: pa.Table, args: argparse.Namespace) -> None:
-    """Every contender is timed once per round, rounds interleaved, best kept: a burst of load from
-    other work on a shared machine then hurts no method more than another."""
-    torch.set_num_threads(args.threads)
-    ragged = ragged_inputs(table)
-    padded = ragged.padded()
-    multiplicity = ragged.multiplicity
+def _first(ragged: RaggedInputs, count: int) -> RaggedInputs:
+    end = int(ragged.offsets[count])
+    return RaggedInputs(ragged.features[:end], ragged.vectors[:end], ragged.offsets[:count + 1])
+
+
+def _one_jet_per_call(scorer: OnnxScorer, padded: JetInputs, count: int,
+                      own_length: bool = True) -> Callable[[], np.ndarray]:
+    """The published notebook's loop: one onnxruntime call per jet, at its own length (or at
+    the contract's 128 slots)."""
+    def loop() -> np.ndarray:
+        outputs = []
+        for jet in range(count):
+            n = int(padded.multiplicity[jet]) if own_length else padded.pf_features.shape[2]
+            feeds = {name: array[jet:jet + 1, :, :n] for name, array in padded.as_dict().items()}
+            outputs.append(scorer.session.run([scorer.output_name], feeds)[0][:, :N_CLASSES])
+        return np.concatenate(outputs)
+    return loop
+
+
+def _int8_linear_layers(model: SophonModel) -> SophonModel:
+    """A copy of ``model`` with the blocks' feed-forward layers in dynamic int8 (fbgemm): the
+    quantisable half of the arithmetic (the attention projections are called as functions)."""
+    layers = {name for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("fc1", "fc2")}
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), layers, dtype=torch.qint8)
+
+
+def cpu_contenders(model: SophonModel, ragged: RaggedInputs, folder: Path,
+                   args: argparse.Namespace) -> list[Contender]:
+    """The baseline first (the published graph, one jet per call), then every other way."""
     n_jets = len(ragged)
     loop_jets, slow_jets = min(args.loop_jets, n_jets), min(args.slow_jets, n_jets)
-    print(f"CPU, {args.threads} threads: {n_jets} jets, {multiplicity.mean():.1f} particles on "
-          f"average (max {multiplicity.max()}); best of {args.rounds} interleaved rounds")
-
-    def first(count: int) -> RaggedInputs:
-        end = int(ragged.offsets[count])
-        return RaggedInputs(ragged.features[:end], ragged.vectors[:end], ragged.offsets[:count + 1])
-
-    with tempfile.TemporaryDirectory() as folder:
-        session = OnnxScorer(export_onnx(model, Path(folder) / "sophon.onnx"), threads=args.threads,
-                             batch_size=64)
-
-        def one_jet_per_call(own_length: bool, count: int) -> Callable[[], np.ndarray]:
-            def loop() -> np.ndarray:
-                outputs = []
-                for jet in range(count):
-                    n = int(multiplicity[jet]) if own_length else padded.pf_features.shape[2]
-                    feeds = {name: array[jet:jet + 1, :, :n] for name, array in padded.as_dict().items()}
-                    outputs.append(session.session.run(["softmax"], feeds)[0][:, :188])
-                return np.concatenate(outputs)
-            return loop
-
-        slow_padded = first(slow_jets).padded()
-        baseline = Contender("onnxruntime, one jet per call, own length (baseline)",
-                             one_jet_per_call(True, loop_jets), loop_jets)
-        contenders = [
-            baseline,
-            Contender("onnxruntime, one jet per call, 128 slots", one_jet_per_call(False, slow_jets),
-                      slow_jets),
-            Contender(f"torch eager fp32, one batch, 128 slots ({slow_jets} jets)",
-                      lambda: padded_eager(model, slow_padded, "cpu", slow_jets), slow_jets),
-        ]
-        weaver = weaver_reference(model.state_dict())
-        if weaver is not None:
+    loop_padded = _first(ragged, loop_jets).padded()
+    slow_padded = _first(ragged, slow_jets).padded()
+    weaver = weaver_reference(model.state_dict(), model.config)
+    # the notebook's session: onnxruntime's operators split across the cores, one call at a time
+    published = OnnxScorer(export_onnx(weaver if weaver is not None else model,
+                                       folder / "published.onnx"), threads=args.threads,
+                           batches_at_once=1)
+    ours = OnnxScorer(export_onnx(model, folder / "sophon.onnx"), threads=args.threads,
+                      batches_at_once=1)
+    graph = "weaver-core's graph" if weaver is not None else "our graph (no weaver-core)"
+    contenders = [
+        Contender(f"onnxruntime, one jet per call, {graph} (baseline)",
+                  _one_jet_per_call(published, loop_padded, loop_jets), loop_jets),
+        Contender("onnxruntime, one jet per call, our graph, 128 slots",
+                  _one_jet_per_call(ours, slow_padded, slow_jets, own_length=False), slow_jets),
+        Contender(f"torch eager fp32, one batch, 128 slots ({slow_jets} jets)",
+                  lambda: padded_eager(model, slow_padded, "cpu", slow_jets), slow_jets),
+        Contender("onnxruntime, one jet per call, our graph",
+                  _one_jet_per_call(ours, loop_padded, loop_jets), loop_jets),
+    ]
+    for batch_size in args.onnx_batch_sizes:
+        for at_once in (1, args.threads):
+            scorer = OnnxScorer(ours.path, threads=args.threads, batch_size=batch_size,
+                                batches_at_once=at_once)
+            how = "one at a time" if at_once == 1 else f"{at_once} at once, a core each"
+            contenders.append(Contender(f"ours: onnxruntime, bucketed batches of {batch_size}, {how}",
+                                        lambda s=scorer: s.score_ragged(ragged)[0], n_jets))
+    ways = [("fp32", model, "", args.cpu_batch_sizes),
+            ("fp32", _int8_linear_layers(model), " (feed-forward in int8)", [32])]
+    if cpu_has_bf16():  # emulated without AVX512-BF16/AMX: ~100x slower, not worth a row
+        ways.append(("bf16", model, "", args.cpu_batch_sizes))
+    for precision, network, label, batch_sizes in ways:
+        for batch_size in batch_sizes:
+            scorer = TorchScorer(network, device="cpu", precision=precision, batch_size=batch_size)
             contenders.append(Contender(
-                f"weaver-core eager fp32, one batch, 128 slots ({slow_jets} jets)",
-                lambda: padded_eager(weaver, slow_padded, "cpu", slow_jets), slow_jets))
-        loop_subset = first(loop_jets)
-        contenders.append(Contender("ours: onnxruntime, bucketed batches of 64",
-                                    lambda: session.score_ragged(loop_subset)[0], loop_jets))
-        for precision in ("fp32", "bf16"):
-            for batch_size in args.cpu_batch_sizes:
-                scorer = TorchScorer(model, device="cpu", precision=precision, batch_size=batch_size)
-                contenders.append(Contender(f"ours: torch {precision}, bucketed batches of {batch_size}",
-                                            lambda s=scorer: s.score_ragged(ragged)[0], n_jets))
+                f"ours: torch {precision}{label}, bucketed batches of {batch_size}",
+                lambda s=scorer: s.score_ragged(ragged)[0], n_jets))
+    if args.compile_cpu:
+        scorer = TorchScorer(model, device="cpu", batch_size=args.cpu_batch_sizes[0], compile=True)
+        scorer.score_ragged(_first(ragged, 200))  # compilation (minutes) stays out of the clock
+        contenders.append(Contender(f"ours: torch fp32 compiled, batches of {scorer.batch_size}",
+                                    lambda: scorer.score_ragged(ragged)[0], n_jets))
+    return contenders
+
+
+def cpu_section(name: str, model: SophonModel, table: pa.Table, peak: float,
+                args: argparse.Namespace) -> None:
+    """Every contender is timed once per round, rounds interleaved, best kept: a burst of load from
+    other work on a shared machine then hurts no method more than another."""
+    ragged = ragged_inputs(table)
+    multiplicity = ragged.multiplicity
+    flop_per_jet = 2 * sum(multiply_adds(model.config, multiplicity).values())
+    limit = peak * 1e9 / flop_per_jet
+    print(f"\n{name} configuration ({count_parameters(model):,} parameters), CPU, {args.threads} "
+          f"threads: {len(ragged)} jets, {multiplicity.mean():.1f} particles on average (max "
+          f"{multiplicity.max()}); {flop_per_jet / 1e6:.1f} MFLOP per jet, so a plain matmul's "
+          f"{peak:.0f} GFLOP/s would score {limit:,.0f} jets/s; best of {args.rounds} "
+          "interleaved rounds")
+    with tempfile.TemporaryDirectory() as folder:
+        contenders = cpu_contenders(model, ragged, Path(folder), args)
         for _ in range(args.rounds):
             for contender in contenders:
                 contender.time()
+    baseline = contenders[0]
     reference = baseline.probabilities  # no padding at all, another engine: an independent answer
+    print(f"  {'way':<66s} {'jets/s':>8s} {'ratio':>7s} {'of limit':>9s} {'max|dp|':>9s}")
     for contender in contenders:
         overlap = min(len(reference), contender.n_jets)
         difference = np.abs(contender.probabilities[:overlap] - reference[:overlap]).max()
-        row(contender.name, contender.rate, baseline.rate, difference)
-    features_rate = len(table) / min(_seconds(lambda: ragged_inputs(table)) for _ in range(3))
-    print(f"  (features from columns: {features_rate:,.0f} jets/s on one thread)")
+        print(f"  {contender.name:<66s} {contender.rate:>8,.0f} "
+              f"x{contender.rate / baseline.rate:6.2f} {contender.rate / limit:>9.1%} "
+              f"{difference:>9.1e}")
 
 
 def _seconds(function) -> float:
@@ -249,7 +341,12 @@ def main() -> None:
     parser.add_argument("--min-particles", type=int, default=0,
                         help="use only reference jets with at least this many particles")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--cpu-batch-sizes", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--configs", nargs="+", default=["full", "small"],
+                        choices=["full", "small"], help="the published shape, the default's")
+    parser.add_argument("--cpu-batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--onnx-batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--compile-cpu", action="store_true",
+                        help="also time torch.compile on the CPU (compiling takes minutes)")
     parser.add_argument("--repeats", type=int, default=3, help="timed CUDA calls per row (best kept)")
     parser.add_argument("--cuda-jets", type=int, default=200_000)
     parser.add_argument("--cuda-reference-jets", type=int, default=20_000)
@@ -266,7 +363,15 @@ def main() -> None:
         raise SystemExit(f"{args.parquet}: not found (pass --parquet)")
     model = randomize_weights_(SophonModel(), seed=args.seed).eval()
     if not args.skip_cpu:
-        cpu_section(model, reference_table(args.parquet, args.jets, args.min_particles), args)
+        table = reference_table(args.parquet, args.jets, args.min_particles)
+        peak = matmul_peak(args.threads)
+        features_rate = len(table) / min(_seconds(lambda: ragged_inputs(table)) for _ in range(3))
+        print(f"CPU: a plain fp32 matmul reaches {peak:.0f} GFLOP/s on {args.threads} threads; "
+              f"model inputs from the columns: {features_rate:,.0f} jets/s on one thread")
+        for name in args.configs:
+            network = model if name == "full" else randomize_weights_(
+                SophonModel(TRAINING_CONFIGS[name]), seed=args.seed).eval()
+            cpu_section(name, network, table, peak, args)
     if torch.cuda.is_available() or args.dry_run_gpu_section:
         accelerator_section(model, reference_table(args.parquet, args.cuda_jets, args.min_particles),
                             args, "cuda" if torch.cuda.is_available() else "cpu")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_scoring import DEFAULT_PARQUET, reference_table  # the same jets as the throughput rows
+# the same jets, FLOP counts and matmul peak as the throughput rows
+from bench_scoring import DEFAULT_PARQUET, matmul_peak, multiply_adds, reference_table
 
 from sophon.export import export_onnx
 from sophon.features import RaggedInputs, ragged_inputs
@@ -49,46 +50,6 @@ def batches(ragged: RaggedInputs, batch_size: int) -> list[np.ndarray]:
     """Jet indices of each batch: sorted by multiplicity, ``batch_size`` at a time."""
     order = np.argsort(ragged.multiplicity, kind="stable")
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def _chain(widths) -> int:
-    """Multiply-adds of a chain of dense layers of these widths, per input vector."""
-    return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-
-
-def multiply_adds(model: SophonModel, multiplicity: np.ndarray) -> dict[str, float]:
-    """Multiply-adds per jet of each stage, averaged over jets of ``multiplicity`` particles
-    (unpadded): dense layers and the attention's QK^T and AV products; norms, activations and
-    the softmax left out. The pair embedding runs once per unordered pair, n (n + 1) / 2."""
-    config = model.config
-    n = multiplicity.astype(np.float64)
-    d = config.embed_dim
-    ffn = d * config.ffn_ratio
-    dense = 4 * d * d + 2 * d * ffn  # q, k, v and out projections; the two feed-forward layers
-    pairs = n * (n + 1) / 2
-    pair_widths = (config.pair_input_dim, *config.pair_embed_dims, config.num_heads)
-    head_widths = (d, *(width for width, _ in config.fc_params), config.num_classes)
-    return {
-        "particle embedding": float(np.mean(n * _chain((config.input_dim, *config.embed_dims)))),
-        "pair features + embedding": float(np.mean(pairs * _chain(pair_widths))),
-        "particle blocks": float(np.mean(config.num_layers * (n * dense + 2 * n * n * d))),
-        # one class token attends to itself and the n particles: keys and values of n + 1
-        "class blocks": float(np.mean(config.num_cls_layers * (
-            (n + 1) * 2 * d * d + 2 * d * d + 2 * d * ffn + 2 * (n + 1) * d))),
-        "head": float(_chain(head_widths)),
-    }
-
-
-def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
-    """GFLOP/s of a plain fp32 (size x size) matmul on ``threads`` threads, best of ``repeats``."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
 
 
 class StageClock:
@@ -128,7 +89,7 @@ def torch_profile(model: SophonModel, ragged: RaggedInputs, batch_size: int) -> 
         with torch.inference_mode():
             for jets in batches(ragged, batch_size):
                 start = time.perf_counter()
-                inputs = ragged.padded(jets)
+                inputs = ragged.padded(jets, int(ragged.multiplicity[jets].max()))
                 padded = time.perf_counter()
                 model(torch.from_numpy(inputs.pf_features), torch.from_numpy(inputs.pf_vectors),
                       torch.from_numpy(inputs.pf_mask))
@@ -157,7 +118,7 @@ def onnx_profile(path: Path, ragged: RaggedInputs, batch_size: int, threads: int
     total = 0.0
     for jets in batches(ragged, batch_size):
         start = time.perf_counter()
-        inputs = ragged.padded(jets)
+        inputs = ragged.padded(jets, int(ragged.multiplicity[jets].max()))
         padded = time.perf_counter()
         session.run(None, inputs.as_dict())
         total += time.perf_counter() - start
@@ -222,7 +183,7 @@ def main() -> None:
     for name in args.configs:
         model = SophonModel(TRAINING_CONFIGS["small"] if name == "small" else None)
         model = randomize_weights_(model, seed=args.seed).eval()
-        flops = multiply_adds(model, ragged.multiplicity)
+        flops = multiply_adds(model.config, ragged.multiplicity)
         torch_rows = {size: torch_profile(model, ragged, size) for size in args.batch_sizes}
         table(f"{name}, torch eager fp32", torch_rows, flops, peak)
         with tempfile.TemporaryDirectory() as folder:

@@ -193,11 +193,14 @@ class PairEmbedding(nn.Module):
         self.embed = nn.Sequential(*layers)
         self.out_dim = int(dims[-1])
         # Lower-triangle (i >= j) pair indices, row by row, for the longest jet: those of a shorter
-        # length L are the first L (L + 1) / 2 entries, so slicing needs no shape-dependent call
-        # (which keeps torch.compile from specialising on every length). Not saved in checkpoints.
+        # length L are the first L (L + 1) / 2 entries, and ``pair_slot[:L, :L]`` maps (i, j) to the
+        # entry of the unordered pair, so slicing needs no shape-dependent call (which keeps
+        # torch.compile from specialising on every length, and the ONNX graph free of loops).
+        # Not saved in checkpoints.
         rows, cols = torch.tril_indices(MAX_PAIR_LENGTH, MAX_PAIR_LENGTH)
         self.register_buffer("pair_rows", rows, persistent=False)
         self.register_buffer("pair_cols", cols, persistent=False)
+        self.register_buffer("pair_slot", _pair_slots(MAX_PAIR_LENGTH), persistent=False)
 
     def folded_layers(self) -> list[tuple[Tensor, Tensor, nn.Module | None]]:
         """``embed`` with eval-mode BatchNorms folded into the convolutions, as (weight (out, in),
@@ -232,17 +235,14 @@ class PairEmbedding(nn.Module):
 
         ``valid`` (N, P) bool marks the real particles; BatchNorms that are training take their
         statistics over the pairs of real particles only (see :func:`masked_batch_norm`)."""
-        batch, _, length = vectors.shape
-        if torch.onnx.is_in_onnx_export():
-            # ONNX: the whole P x P grid, no data-dependent indexing (both halves are identical).
-            features = pairwise_features(vectors.unsqueeze(-1), vectors.unsqueeze(-2))
-            embedded = self.embed(features.reshape(batch, features.size(1), length * length))
-            return embedded.reshape(batch, self.out_dim, length, length)
+        length = vectors.shape[2]
         if length <= MAX_PAIR_LENGTH:
             n_pairs = length * (length + 1) // 2
             rows, cols = self.pair_rows[:n_pairs], self.pair_cols[:n_pairs]
+            slots = self.pair_slot[:length, :length]
         else:
             rows, cols = torch.tril_indices(length, length, device=vectors.device)
+            slots = _pair_slots(length, device=vectors.device)
         features = pairwise_features(vectors[:, :, rows], vectors[:, :, cols])  # (N, 4, pairs)
         if any(m.training for m in self.embed if isinstance(m, nn.BatchNorm1d)):
             # BatchNorm needs batch statistics: the module path, over real pairs only
@@ -261,11 +261,20 @@ class PairEmbedding(nn.Module):
                 hidden = F.linear(hidden, weight.to(hidden.dtype), layer_bias.to(hidden.dtype))
                 if activation is not None:
                     hidden = activation(hidden)
-            hidden = hidden.transpose(1, 2)  # (N, out_dim, pairs): the bias is read per head
-        bias = hidden.new_zeros(batch, self.out_dim, length, length)
-        bias[:, :, rows, cols] = hidden
-        bias[:, :, cols, rows] = hidden
-        return bias
+            # (N, out_dim, pairs), contiguous: the gather below then writes a contiguous bias
+            hidden = hidden.transpose(1, 2).contiguous()
+        # One gather mirrors the unordered pairs onto the P x P grid (both triangles at once).
+        return hidden[:, :, slots]
+
+
+def _pair_slots(length: int, device: torch.device | str | None = None) -> Tensor:
+    """(length, length) int64: entry (i, j) is the position of the unordered pair {i, j} among the
+    lower-triangle pairs listed row by row (``torch.tril_indices`` order), i.e. r (r + 1) / 2 + c
+    with r = max(i, j), c = min(i, j)."""
+    index = torch.arange(length, device=device)
+    high = torch.maximum(index[:, None], index[None, :])
+    low = torch.minimum(index[:, None], index[None, :])
+    return high * (high + 1) // 2 + low
 
 
 def masked_batch_norm(norm: nn.BatchNorm1d, x: Tensor, valid: Tensor | None) -> Tensor:

@@ -11,28 +11,40 @@ import logging
 
 import torch
 
+from sophon.model import SophonConfig
+
 __all__ = ["weaver_reference"]
 
 
-def weaver_reference(state_dict: dict | None = None) -> torch.nn.Module | None:
+def weaver_reference(state_dict: dict | None = None,
+                     config: SophonConfig | None = None) -> torch.nn.Module | None:
     """The published network: weaver-core's ParticleTransformer wrapped as attribute ``mod``,
-    with ``state_dict`` loaded strictly when given. ``forward(pf_features, pf_vectors, pf_mask)``
-    returns (softmax (N, 188), latent (N, 128)) as the published ONNX export does. Eval mode."""
+    in ``config``'s shape (default: the published Sophon configuration), with ``state_dict``
+    loaded strictly when given. ``forward(pf_features, pf_vectors, pf_mask)`` returns
+    (softmax (N, 188), latent (N, 128)) as the published ONNX export does. Eval mode."""
     try:
         from weaver.nn.model.ParticleTransformer import ParticleTransformer
     except ImportError:
         return None
     logging.getLogger("weaver").setLevel(logging.WARNING)
+    shape = config or SophonConfig()
 
     class Reference(torch.nn.Module):
         def __init__(self):
             super().__init__()
+            self.config = shape  # as SophonModel's: sophon.export.export_onnx reads it
             self.mod = ParticleTransformer(
-                input_dim=17, num_classes=188, pair_input_dim=4, use_pre_activation_pair=True,
-                embed_dims=[128, 512, 128], pair_embed_dims=[64, 64, 64], num_heads=8,
-                num_layers=8, num_cls_layers=2,
-                cls_block_params={"dropout": 0, "attn_dropout": 0, "activation_dropout": 0},
-                fc_params=[(512, 0.1)], activation="gelu", for_inference=True)
+                input_dim=shape.input_dim, num_classes=shape.num_classes,
+                pair_input_dim=shape.pair_input_dim,
+                use_pre_activation_pair=shape.use_pre_activation_pair,
+                embed_dims=list(shape.embed_dims), pair_embed_dims=list(shape.pair_embed_dims),
+                num_heads=shape.num_heads, num_layers=shape.num_layers,
+                num_cls_layers=shape.num_cls_layers,
+                block_params={"ffn_ratio": shape.ffn_ratio},
+                cls_block_params={"ffn_ratio": shape.ffn_ratio, "dropout": 0, "attn_dropout": 0,
+                                  "activation_dropout": 0},
+                fc_params=[list(layer) for layer in shape.fc_params], activation=shape.activation,
+                for_inference=True)
 
         def forward(self, features, vectors, mask):
             x, padding_mask = self.mod._forward_encoder(features, v=vectors, mask=mask)

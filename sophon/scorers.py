@@ -7,12 +7,14 @@ probabilities then 128 latents per jet; :func:`sophon.export.export_onnx` writes
 :func:`load_scorer` picks one for a model file; :func:`resolve_device` and
 :func:`resolve_precision` turn the command-line names into torch's.
 
-The torch scorer is the fast path: jets are sorted by constituent multiplicity and batched so that
-each batch is padded only to its longest jet (JetClass-II jets fill ~45-60 of the 128 slots, and the
-attention cost grows with the square of the length), padding is built on the device from flat
-particle arrays, and on CUDA the matrix products run under bf16 autocast (optionally
-``torch.compile``). Masked padding contributes nothing, so trimming changes no result beyond float
-rounding. onnxruntime is imported only when an :class:`OnnxScorer` is made.
+Both bucket: jets are sorted by constituent multiplicity and batched so that each batch is padded
+only to its longest jet (JetClass-II jets fill ~45-60 of the 128 slots, and the attention cost
+grows with the square of the length). Masked padding contributes nothing, so trimming changes no
+result beyond float rounding. On the CPU the fastest path is onnxruntime with the cores scoring
+batches side by side (:class:`OnnxScorer`; :func:`load_scorer` exports a checkpoint's graph in
+memory for it); the torch scorer builds the padding on the device from flat particle arrays and
+serves CUDA (bf16 autocast, optionally ``torch.compile``) and training-time checks. onnxruntime is
+imported only when an :class:`OnnxScorer` is made.
 
 Files and datasets are scored with these by :mod:`sophon.scoring`.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -28,18 +31,20 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from sophon.extras import require
+from sophon.export import (INPUT_NAMES, N_OUTPUTS, OUTPUT_NAME, ModelOutputError,
+                           check_output_layout, onnx_bytes)
+from sophon.extras import has_extra, require
 from sophon.features import MAX_PARTICLES, JetInputs, RaggedInputs
 from sophon.labels import N_CLASSES
 from sophon.manifest import sha256_file
 from sophon.model import SophonModel, load_checkpoint
-from sophon.store import LATENT_DIM
 
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAME",
     "N_OUTPUTS",
     "ModelOutputError",
+    "check_output_layout",
     "Scorer",
     "TorchScorer",
     "OnnxScorer",
@@ -49,18 +54,15 @@ __all__ = [
     "cpu_has_bf16",
 ]
 
-INPUT_NAMES: tuple[str, ...] = ("pf_features", "pf_vectors", "pf_mask")
-OUTPUT_NAME = "softmax"
-N_OUTPUTS = N_CLASSES + LATENT_DIM  # 316 numbers per jet: 188 probabilities, then 128 latents
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# Jets per onnxruntime call when the cores score batches side by side (the best of 16-64 for both
+# the published and the small configuration in benchmarks/bench_scoring.py).
+DATA_PARALLEL_BATCH = 16
+
 # Longest model-loading error shown (a strict load of a wrong-shape file lists every tensor).
 MAX_ERROR_CHARACTERS = 20_000
-
-
-class ModelOutputError(ValueError):
-    """A model file whose inputs or outputs do not follow the published Sophon layout."""
 
 
 @runtime_checkable
@@ -180,11 +182,7 @@ class TorchScorer:
                  threads: int | None = None):
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
-        if model.config.num_classes != N_CLASSES or model.config.embed_dim != LATENT_DIM:
-            raise ModelOutputError(
-                f"the model outputs {model.config.num_classes} probabilities and a "
-                f"{model.config.embed_dim}-d latent ({model.config.num_classes + model.config.embed_dim}"
-                f" numbers per jet); a Sophon dataset needs {N_CLASSES} + {LATENT_DIM} = {N_OUTPUTS}")
+        check_output_layout(model)
         if threads:
             torch.set_num_threads(threads)
         self.model = model.eval().to(self.device)
@@ -239,27 +237,40 @@ class OnnxScorer:
     ``score(inputs)`` returns ``(probabilities (N, 188), latents (N, 128))`` float32. Batches of
     ``batch_size`` jets; when the file's particle axis is dynamic, jets are sorted by multiplicity and
     each batch is trimmed to its longest jet (masked padding contributes nothing).
+
+    ``source``: the file's path, or the file's bytes (then ``name`` names it in messages).
+    ``threads``: CPU cores to use (default: all). ``batches_at_once`` (default: one per core on the
+    CPU, one on a GPU): calls run side by side, each on ``threads // batches_at_once`` threads. At
+    these sizes (batches of tens of jets, layers of 128-512 channels) a core per batch is faster
+    than splitting every operator across the cores, whose synchronisation then costs as much as
+    the work (measured in ``benchmarks/bench_scoring.py``).
     """
 
-    def __init__(self, path: str | os.PathLike, *, batch_size: int = 256, threads: int | None = None,
-                 providers: list[str] | None = None, model_id: str = ""):
+    def __init__(self, source: str | os.PathLike | bytes, *, batch_size: int = DATA_PARALLEL_BATCH,
+                 threads: int | None = None, batches_at_once: int | None = None,
+                 providers: list[str] | None = None, model_id: str = "", name: str | None = None):
         ort = require("onnxruntime", "onnx", "ONNX scoring")
 
-        self.path = Path(path)
+        in_memory = isinstance(source, bytes)
+        self.path = Path(name or "model.onnx") if in_memory else Path(source)
         self.model_id = model_id or self.path.name
-        self.description = "onnxruntime"
-        if not self.path.is_file():
+        if not in_memory and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX model file")
+        providers = providers or ["CPUExecutionProvider"]
+        cores = max(1, threads or os.cpu_count() or 1)
+        on_cpu = providers[0] == "CPUExecutionProvider"  # a GPU runs one batch at a time anyway
+        self.workers = max(1, min(batches_at_once or (cores if on_cpu else 1), cores))
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options.intra_op_num_threads = max(1, cores // self.workers)
+        options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source if in_memory else str(self.path),
+                                                sess_options=options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
             raise ModelOutputError(f"{self.path}: onnxruntime cannot load the model ({error})") from None
+        self.description = "onnxruntime" + (f", {self.workers} batches at once"
+                                             if self.workers > 1 else "")
         names = [node.name for node in self.session.get_inputs()]
         missing = [name for name in INPUT_NAMES if name not in names]
         if missing:
@@ -292,20 +303,31 @@ class OnnxScorer:
         if self.fixed_length and inputs.pf_features.shape[2] != self.fixed_length:
             raise ModelOutputError(f"{self.path}: the model needs {self.fixed_length} particle "
                                    f"slots, the inputs have {inputs.pf_features.shape[2]}")
-        n_jets = len(inputs)
-        result = np.empty((n_jets, N_OUTPUTS), dtype=np.float32)
-        for jets, length in self._buckets(inputs.multiplicity):
-            result[jets] = self.run(JetInputs(
-                inputs.pf_features[jets, :, :length], inputs.pf_vectors[jets, :, :length],
-                inputs.pf_mask[jets, :, :length], inputs.multiplicity[jets]))
-        return result[:, :N_CLASSES], result[:, N_CLASSES:]
+        return self._score_buckets(inputs.multiplicity, lambda jets, length: JetInputs(
+            inputs.pf_features[jets, :, :length], inputs.pf_vectors[jets, :, :length],
+            inputs.pf_mask[jets, :, :length], inputs.multiplicity[jets]))
 
     def score_ragged(self, inputs: RaggedInputs) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, 188) and latents (N, 128) of flat per-particle inputs."""
-        n_jets = len(inputs)
-        result = np.empty((n_jets, N_OUTPUTS), dtype=np.float32)
-        for jets, length in self._buckets(inputs.multiplicity):
-            result[jets] = self.run(inputs.padded(jets, length))
+        return self._score_buckets(inputs.multiplicity, inputs.padded)
+
+    def _score_buckets(self, multiplicity: np.ndarray, padded) -> tuple[np.ndarray, np.ndarray]:
+        """Every bucket of jets padded by ``padded(jets, length)`` and scored, ``workers`` at a
+        time (onnxruntime releases the GIL while it runs, so the calls overlap)."""
+        result = np.empty((len(multiplicity), N_OUTPUTS), dtype=np.float32)
+
+        def score_bucket(bucket: tuple[np.ndarray, int]) -> None:
+            jets, length = bucket
+            result[jets] = self.run(padded(jets, length))
+
+        buckets = list(self._buckets(multiplicity))
+        if self.workers > 1 and len(buckets) > 1:
+            with ThreadPoolExecutor(min(self.workers, len(buckets))) as pool:
+                for _ in pool.map(score_bucket, buckets):  # re-raises a bucket's error
+                    pass
+        else:
+            for bucket in buckets:
+                score_bucket(bucket)
         return result[:, :N_CLASSES], result[:, N_CLASSES:]
 
     def _buckets(self, multiplicity: np.ndarray):
@@ -320,7 +342,9 @@ class OnnxScorer:
 def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
                 batch_size: int | None = None, compile: bool = False,
                 threads: int | None = None) -> Scorer:
-    """A scorer for a model file: ``.onnx`` -> onnxruntime, anything else -> torch checkpoint."""
+    """A scorer for a model file: ``.onnx`` -> onnxruntime; anything else is a torch checkpoint,
+    scored on the CPU in fp32 by onnxruntime on its exported graph when the ``onnx`` extra is
+    installed (the fastest CPU path), else, and on CUDA, in bf16, or compiled, by torch."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
@@ -344,5 +368,16 @@ def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str
             detail = detail[:MAX_ERROR_CHARACTERS - 1] + "…"
         raise ModelOutputError(f"{path}: not a loadable Sophon/ParticleTransformer checkpoint "
                                f"({detail})") from None
-    return TorchScorer(model, device=device, precision=precision, batch_size=batch_size,
+    check_output_layout(model)
+    resolved = resolve_device(device)
+    if (resolved.type == "cpu" and resolve_precision(precision, resolved) == torch.float32
+            and not compile and has_extra("onnx")):
+        # The fastest CPU path (benchmarks/bench_scoring.py): the checkpoint's own graph in an
+        # in-memory onnxruntime session, the cores scoring batches side by side. Same fp32 sums.
+        scorer = OnnxScorer(onnx_bytes(model), batch_size=batch_size or DATA_PARALLEL_BATCH,
+                            threads=threads, model_id=model_id, name=path.name)
+        scorer.description = f"{scorer.description} (exported from {path.name})"
+        return scorer
+    return TorchScorer(model, device=resolved, precision=precision, batch_size=batch_size,
                        compile=compile, model_id=model_id, threads=threads)
+

@@ -679,7 +679,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--chunk-jets", type=_positive_int, default=DEFAULT_CHUNK_JETS,
                         help="jets read and sorted by multiplicity at once (memory bound)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU cores (default: all; on the CPU each core scores its own batches)")
     parser.add_argument("--luminosity-fb", type=float, default=None,
                         help="dataset luminosity in fb^-1 (default: taken from the inputs, if any)")
     parser.add_argument("--jet-branch", default=None, metavar="BRANCH",

@@ -18,6 +18,7 @@ from sophon.oracle import weaver_reference
 from sophon.model import (SOPHON_PARAMETER_COUNT, Block, SophonModel, _explicit_attention,
                           config_from_state_dict, count_parameters, load_checkpoint,
                           pairwise_features, randomize_weights_, save_checkpoint, sophon_config)
+from sophon.training import TRAINING_CONFIGS
 
 ORACLE_TOLERANCE = 1e-5
 
@@ -42,9 +43,9 @@ def model_outputs(model, reference_inputs):
         return model(features, vectors, mask)
 
 
-def weaver_model():
+def weaver_model(config=None):
     """The weaver-core oracle (skips when weaver-core is not installed)."""
-    reference = weaver_reference()
+    reference = weaver_reference(config=config)
     if reference is None:
         pytest.skip("weaver-core (extra 'oracle') is not installed")
     return reference
@@ -172,6 +173,20 @@ def test_matches_weaver_core_on_the_reference_jets(model_outputs, weaver_outputs
     assert (latent - weaver_outputs[1]).abs().max().item() <= ORACLE_TOLERANCE
     # Not trivially equal: the scores differ from jet to jet.
     assert probabilities.std(dim=0).max() > 1e-3
+
+
+def test_the_small_configuration_matches_weaver_core_too(reference_inputs):
+    """The embedded default's shape (3 blocks, 2-wide feed-forward, 16-wide pair embedding): the
+    oracle built with the same keyword arguments gives the same outputs."""
+    small = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=12).eval()
+    reference = weaver_model(small.config)
+    reference.load_state_dict(small.state_dict(), strict=True)
+    features, vectors, mask, _ = reference_inputs
+    with torch.no_grad():
+        ours, theirs = small(features, vectors, mask), reference(features, vectors, mask)
+    assert (ours[0] - theirs[0]).abs().max().item() <= ORACLE_TOLERANCE
+    assert (ours[1] - theirs[1]).abs().max().item() <= ORACLE_TOLERANCE
+    assert ours[0].std(dim=0).max() > 1e-3
 
 
 def test_state_dicts_load_both_ways_strictly(model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from sophon.export import export_onnx
 from sophon.features import build_inputs, ragged_inputs
 from sophon.labels import LABELS
 from sophon.model import SophonModel, randomize_weights_, save_checkpoint, sophon_config
-from sophon.scorers import TorchScorer, load_scorer
+from sophon.scorers import OnnxScorer, TorchScorer, load_scorer
 from sophon.scoring import part_path, score_files, score_table
 from sophon.store import JetDataset
 
@@ -85,6 +86,26 @@ def test_bucketed_torch_scorer_reproduces_the_model(model, table, expected):
     # Padded inputs give the same answer as flat ones.
     again, _ = scorer.score(build_inputs(table.slice(0, 30)))
     assert np.abs(again - probabilities[:30]).max() < 1e-6
+
+
+def test_a_checkpoint_on_the_cpu_is_scored_by_onnxruntime_two_batches_at_once(checkpoint, table,
+                                                                             expected):
+    """The default CPU path of ``sophon score`` and the app: the checkpoint's graph exported in
+    memory, each core scoring its own batches; fp32 throughout, so the plain model's answer."""
+    scorer = load_scorer(checkpoint, device="cpu", threads=2, batch_size=8)  # 13 buckets
+    assert isinstance(scorer, OnnxScorer) and scorer.workers == 2
+    assert scorer.model_id.startswith("sophon.pt@sha256:")
+    probabilities, latents = scorer.score_ragged(ragged_inputs(table))
+    assert np.abs(probabilities - expected[0]).max() < 1e-5
+    assert np.abs(latents - expected[1]).max() < 1e-4
+    # one call at a time on one thread: the same numbers, bucket for bucket
+    alone, _ = load_scorer(checkpoint, device="cpu", threads=1, batch_size=8).score_ragged(
+        ragged_inputs(table))
+    np.testing.assert_array_equal(alone, probabilities)
+    # torch remains the path for reduced precision (and CUDA, and torch.compile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # bf16 is emulated on some CPUs
+        assert isinstance(load_scorer(checkpoint, device="cpu", precision="bf16"), TorchScorer)
 
 
 def test_cpu_bf16_autocast_stays_close(model, table, expected):
