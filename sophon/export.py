@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 OPSET = 17
+# torch's ONNX exporter keeps its state in globals: one export at a time per process (the app's
+# sessions and a Dask worker's tasks run in threads, and each may export a checkpoint to score it).
+_EXPORT_LOCK = threading.Lock()
 
 # The published layout, which every scorer reads and this module writes.
 INPUT_NAMES: tuple[str, ...] = ("pf_features", "pf_vectors", "pf_mask")
@@ -104,7 +108,7 @@ def onnx_bytes(model: SophonModel, *, dynamic_particles: bool = True,
                     for name in INPUT_NAMES}
     dynamic_axes[OUTPUT_NAME] = {0: "N"}
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter needs no extra dependency (the dynamo one needs
         # onnxscript); its deprecation notice is not actionable here.
         warnings.simplefilter("ignore")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sophon.export import export_onnx
+from sophon.export import export_onnx, onnx_bytes
 from sophon.scorers import INPUT_NAMES, N_OUTPUTS, OUTPUT_NAME, ModelOutputError, OnnxScorer
 from sophon.features import build_inputs, ragged_inputs
 from sophon.model import SophonModel, randomize_weights_, sophon_config
@@ -118,3 +118,21 @@ def test_only_the_188_class_128_latent_layout_exports(tmp_path):
     with pytest.raises(ModelOutputError, match="188 classes"):
         export_onnx(small, tmp_path / "small.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_exports_from_several_threads_at_once_all_succeed(table):
+    """torch's exporter keeps its state in globals; the app's sessions and a Dask worker's tasks
+    export checkpoints from threads, so exports take turns (before, the second one raised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = randomize_weights_(SophonModel(sophon_config(num_layers=1, num_cls_layers=1)),
+                               seed=5).eval()
+    with ThreadPoolExecutor(3) as pool:
+        graphs = list(pool.map(lambda _: onnx_bytes(small), range(3)))
+    inputs = build_inputs(table.slice(0, 5))
+    with torch.no_grad():
+        expected, _ = small(*(torch.from_numpy(a) for a in
+                              (inputs.pf_features, inputs.pf_vectors, inputs.pf_mask)))
+    for graph in graphs:
+        probabilities, _ = OnnxScorer(graph, name="small.onnx").score(inputs)
+        assert np.abs(probabilities - expected.numpy()).max() <= ONNX_TOLERANCE
