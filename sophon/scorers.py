@@ -349,15 +349,17 @@ def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     model_id = f"{path.name}@sha256:{sha256_file(path)[:12]}"
+    resolved = resolve_device(device)
+    fp32 = precision in ("auto", "fp32")  # auto is fp32 on the CPU; ONNX files are fp32 anyway
+    cpu_batch = batch_size or DATA_PARALLEL_BATCH
     if path.suffix.lower() == ".onnx":
-        resolved = resolve_device(device)
-        if precision not in ("auto", "fp32"):
+        if not fp32:
             raise ValueError(f"{path}: an ONNX model runs in the precision it was exported in; "
                              "use --precision fp32 or auto")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if resolved.type == "cuda"
-                     else ["CPUExecutionProvider"])
-        return OnnxScorer(path, batch_size=batch_size or 64, threads=threads, providers=providers,
-                          model_id=model_id)
+        if resolved.type == "cuda":
+            return OnnxScorer(path, batch_size=batch_size or 64, threads=threads, model_id=model_id,
+                              providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return OnnxScorer(path, batch_size=cpu_batch, threads=threads, model_id=model_id)
     try:
         model = load_checkpoint(path)
     except Exception as error:  # torch.load and strict loading raise many types; name the file
@@ -368,16 +370,13 @@ def load_scorer(path: str | os.PathLike, *, device: str = "auto", precision: str
             detail = detail[:MAX_ERROR_CHARACTERS - 1] + "…"
         raise ModelOutputError(f"{path}: not a loadable Sophon/ParticleTransformer checkpoint "
                                f"({detail})") from None
-    check_output_layout(model)
-    resolved = resolve_device(device)
-    if (resolved.type == "cpu" and resolve_precision(precision, resolved) == torch.float32
-            and not compile and has_extra("onnx")):
+    if resolved.type == "cpu" and fp32 and not compile and has_extra("onnx"):
         # The fastest CPU path (benchmarks/bench_scoring.py): the checkpoint's own graph in an
         # in-memory onnxruntime session, the cores scoring batches side by side. Same fp32 sums.
-        scorer = OnnxScorer(onnx_bytes(model), batch_size=batch_size or DATA_PARALLEL_BATCH,
-                            threads=threads, model_id=model_id, name=path.name)
+        # onnx_bytes checks the output layout, as TorchScorer does.
+        scorer = OnnxScorer(onnx_bytes(model), batch_size=cpu_batch, threads=threads,
+                            model_id=model_id, name=path.name)
         scorer.description = f"{scorer.description} (exported from {path.name})"
         return scorer
     return TorchScorer(model, device=resolved, precision=precision, batch_size=batch_size,
                        compile=compile, model_id=model_id, threads=threads)
-
