@@ -290,7 +290,9 @@ def _plot_pixels(page) -> tuple[np.ndarray, dict]:
     """The latent plot's canvas as an (h, w, 3) array, and its box on the page."""
     from PIL import Image
 
-    box = page.locator(".latent-plot canvas").first.bounding_box()
+    canvas = page.locator(".latent-plot canvas").first
+    # a redraw (recolouring) replaces the canvas; between the two there is no box to read
+    box = _eventually(canvas.bounding_box, lambda b: b is not None, "the latent plot's canvas")
     image = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
     pixels = np.asarray(image.resize((int(box["width"]), int(box["height"]))), dtype=np.int32)
     return pixels, box
