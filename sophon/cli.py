@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "sophon.generate",
     "sophon.scoring",
     "sophon.training",
+    "sophon.head_training",
     "sophon.embedding",
     "sophon.synthetic",
     "sophon.packaging",

@@ -66,7 +66,7 @@ from sophon.tagging import class_accuracies, selection_score, tagging_figures
 
 __all__ = ["TRAINING_CONFIGS", "CLASS_WEIGHTS", "PT_EDGES", "SDMASS_EDGES", "TrainingOptions",
            "TrainingSample", "load_training_sample", "cached_training_sample", "flattening_factors", "acceptance",
-           "epoch_jets", "bucketed", "train", "evaluate", "evaluate_model", "register_cli"]
+           "epoch_jets", "bucketed", "train", "evaluate", "evaluate_with_latents", "evaluate_model", "register_cli"]
 
 TRAINING_CONFIGS: dict[str, SophonConfig] = {
     "sophon": sophon_config(),
@@ -334,11 +334,21 @@ def _prefetched(make: Callable[[np.ndarray], tuple], batches: Sequence[np.ndarra
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate(model: SophonModel, sample: TrainingSample, jets: np.ndarray, *,
              batch_size: int = 1024, device: torch.device | str = "cpu",
              precision: torch.dtype | None = None) -> np.ndarray:
-    """Probabilities (len(jets), 188) of ``model`` on the jets ``jets`` of ``sample``.
+    """Probabilities (len(jets), 188) of ``model`` on the jets ``jets`` of ``sample``
+    (:func:`evaluate_with_latents` without the latents)."""
+    return evaluate_with_latents(model, sample, jets, batch_size=batch_size, device=device,
+                                 precision=precision)[0]
+
+
+@torch.no_grad()
+def evaluate_with_latents(model: SophonModel, sample: TrainingSample, jets: np.ndarray, *,
+                          batch_size: int = 1024, device: torch.device | str = "cpu",
+                          precision: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (len(jets), 188) and latents (len(jets), embed_dim) of ``model`` on the jets
+    ``jets`` of ``sample``, float32.
 
     Jets are scored in multiplicity order (little padding) and returned in the order given.
     ``precision``: autocast dtype (default bf16 on CUDA, fp32 elsewhere)."""
@@ -348,16 +358,18 @@ def evaluate(model: SophonModel, sample: TrainingSample, jets: np.ndarray, *,
     order = np.argsort(sample.inputs.multiplicity[jets], kind="stable")
     ordered = np.asarray(jets)[order]
     batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
-    outputs = []
+    probabilities = np.empty((len(ordered), model.config.num_classes), np.float32)
+    latents = np.empty((len(ordered), model.config.embed_dim), np.float32)
+    start = 0
     for features, vectors, mask, _ in _prefetched(lambda b: _batch_tensors(sample, b), batches):
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
-            probabilities, _ = model(features.to(device), vectors.to(device), mask.to(device))
-        outputs.append(probabilities.float().cpu().numpy())
-    if not outputs:
-        return np.zeros((0, N_CLASSES), np.float32)
-    result = np.empty((len(ordered), N_CLASSES), np.float32)
-    result[order] = np.concatenate(outputs)
-    return result
+            batch_probabilities, batch_latents = model(features.to(device), vectors.to(device),
+                                                       mask.to(device))
+        rows = order[start:start + len(batch_latents)]
+        probabilities[rows] = batch_probabilities.float().cpu().numpy()
+        latents[rows] = batch_latents.float().cpu().numpy()
+        start += len(batch_latents)
+    return probabilities, latents
 
 
 def _validation_record(probabilities: np.ndarray, labels: np.ndarray,
