@@ -57,7 +57,7 @@ from sophon.store import (LATENT_CODES_KEY, SCORE_COLUMNS, SCORE_HEAD_KEY, Datas
 
 __all__ = ["PackReport", "round_mantissa", "subset_lists", "thin_events",
            "PROTECTING_DISCRIMINANTS", "protected_by_discriminants", "cut_side_changes",
-           "package_dataset", "register_cli"]
+           "package_dataset", "rehead_dataset", "register_cli"]
 
 CONSTITUENT_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c.startswith("part_"))
 
@@ -298,6 +298,53 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     return report
 
 
+def _backbone_differences(old: Path, new: Path) -> list[str]:
+    """Names of the tensors outside the head (``mod.fc.*``) that differ between two checkpoints."""
+    before, after = load_checkpoint(old).state_dict(), load_checkpoint(new).state_dict()
+    names = sorted((set(before) | set(after)) - {k for k in before | after if k.startswith("mod.fc.")})
+    return [k for k in names if k not in before or k not in after
+            or before[k].shape != after[k].shape or not bool((before[k] == after[k]).all())]
+
+
+def rehead_dataset(packed: str | os.PathLike, checkpoint: str | os.PathLike,
+                   output: str | os.PathLike | None = None, *, log=print) -> dict:
+    """Point a packed dataset (scores from latents) at another checkpoint's head.
+
+    The latents came from the backbone of the checkpoint the file names; they stay valid for a
+    checkpoint with the same backbone and another head (``sophon train-head``), and then the new
+    head's softmax of them is exactly what that checkpoint gives for those jets. So only the
+    metadata changes (``score_head``, its sha256 and ``model_id``); the jets, weights and latents
+    are written back unchanged (to ``output``, default in place, atomically). Refused when any
+    tensor outside the head differs. Returns ``{preset: {efficiency: jets changing side}}``
+    between the old and the new scores, each with its own cut (:func:`cut_side_changes`)."""
+    packed, checkpoint = Path(packed), Path(checkpoint)
+    output = packed if output is None else Path(output)
+    dataset = JetDataset(packed)
+    if dataset.score_head is None:
+        raise DatasetError(f"{packed}: its scores are stored, not computed from latents by a "
+                           f"head; rescore it instead")
+    differing = _backbone_differences(dataset.score_head, checkpoint)
+    if differing:
+        raise DatasetError(f"{checkpoint}: its backbone is not the one that made the latents of "
+                           f"{packed} ({dataset.score_head.name}): {len(differing)} tensors "
+                           f"differ, first {differing[0]}")
+    before = dataset.scores
+    after = head_probabilities(load_checkpoint(checkpoint), dataset.latents)
+    changes = cut_side_changes(before, after, dataset.weights)
+    table = pq.read_table(packed)
+    digest = sha256_file(checkpoint)
+    extra = {**dataset.metadata.extra, "score_head_sha256": digest,
+             SCORE_HEAD_KEY: os.path.relpath(checkpoint.resolve(), output.resolve().parent)}
+    metadata = DatasetMetadata(luminosity_fb=dataset.metadata.luminosity_fb,
+                               model_id=f"{checkpoint.name}@sha256:{digest[:12]}", extra=extra)
+    table = table.replace_schema_metadata({DATASET_METADATA_KEY: metadata.to_json()})
+    write_table_atomic(table, output, compression_level=19, row_group_size=16384)
+    log(f"{output}: scores now from {checkpoint.name}'s head; jets changing side of the cut: "
+        + "; ".join(f"{name} " + ", ".join(f"{n} at {eps:g}" for eps, n in counts.items())
+                    for name, counts in changes.items()))
+    return changes
+
+
 def _main(args: argparse.Namespace) -> int:
     package_dataset(args.scored, args.output, checkpoint=args.model,
                     constituents=args.constituents, constituent_jets=args.constituent_jets,
@@ -305,6 +352,11 @@ def _main(args: argparse.Namespace) -> int:
                     sdmass_range=None if args.all_masses else (args.min_sdmass, args.max_sdmass),
                     thin_keep=args.thin_keep, thin_qcd=args.thin_qcd,
                     protect_efficiency=args.protect_efficiency)
+    return 0
+
+
+def _rehead_main(args: argparse.Namespace) -> int:
+    rehead_dataset(args.packed, args.model, args.output)
     return 0
 
 
@@ -334,3 +386,11 @@ def register_cli(subparsers) -> None:
                              "discriminant (the presets and 'any resonance vs QCD')")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_main)
+    rehead = subparsers.add_parser(
+        "rehead", help="point a packed dataset at a retrained head over the same backbone")
+    rehead.add_argument("packed", type=Path, help="packed dataset file (scores from latents)")
+    rehead.add_argument("--model", required=True, type=Path,
+                        help="checkpoint with the same backbone and the new head")
+    rehead.add_argument("-o", "--output", type=Path, default=None,
+                        help="write here instead of in place")
+    rehead.set_defaults(handler=_rehead_main)

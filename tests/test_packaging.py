@@ -289,3 +289,36 @@ def test_cut_side_changes_counts_the_jets_that_cross_the_cut():
     changed[[last_in, first_out]] = scores[[first_out, last_in]]
     counts = cut_side_changes(scores, changed, weights)
     assert counts["A1: X->cs"] == {1e-3: 2, 1e-4: 0}
+
+
+def test_rehead_points_the_scores_at_a_new_head_over_the_same_backbone(tmp_path, model_file):
+    from sophon.packaging import rehead_dataset
+
+    checkpoint, model = model_file
+    checkpoint = _beside(tmp_path, checkpoint)
+    _scored(tmp_path / "scored.parquet", model)
+    packed = tmp_path / "default" / "jets.parquet"
+    package_dataset(tmp_path / "scored.parquet", packed, checkpoint=checkpoint, latent_codes=True,
+                    log=lambda *a: None)
+    before = JetDataset(packed)
+    # a new head over the same backbone, as sophon train-head writes it
+    reheaded = randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=3).eval()
+    randomize_weights_(reheaded.mod.fc, seed=8)
+    new_head = tmp_path / "models" / "new.pt"
+    save_checkpoint(reheaded, new_head)
+    changes = rehead_dataset(packed, new_head, log=lambda *a: None)
+    after = JetDataset(packed)
+    assert after.score_head == new_head.resolve()
+    assert after.metadata.model_id.startswith("new.pt@sha256:")
+    np.testing.assert_array_equal(after.latents, before.latents)  # the jets are untouched
+    np.testing.assert_array_equal(after.weights, before.weights)
+    np.testing.assert_allclose(after.scores, head_probabilities(reheaded, before.latents),
+                               rtol=0, atol=1e-6)
+    assert np.abs(after.scores - before.scores).max() > 0.01  # a different head indeed
+    assert sum(n for counts in changes.values() for n in counts.values()) > 0
+    # another backbone is refused, and the file is left as it was
+    other = tmp_path / "models" / "other.pt"
+    save_checkpoint(randomize_weights_(SophonModel(TRAINING_CONFIGS["small"]), seed=4), other)
+    with pytest.raises(DatasetError, match="backbone"):
+        rehead_dataset(packed, other, log=lambda *a: None)
+    assert JetDataset(packed).score_head == new_head.resolve()
