@@ -90,7 +90,8 @@ def frozen_latents(model: SophonModel, files: Sequence[str | os.PathLike], *,
         raise ValueError("no training files given")
     parts = []
     for file in map(Path, files):
-        target = None if cache is None else Path(cache) / f"{_file_key(file, checkpoint_digest)}.npz"
+        key = _file_key(file, checkpoint_digest)
+        target = None if cache is None else Path(cache) / f"{key}.npz"
         if target is not None and target.exists():
             with np.load(target) as stored:
                 parts.append({name: stored[name] for name in stored.files})

@@ -66,7 +66,8 @@ from sophon.tagging import class_accuracies, selection_score, tagging_figures
 
 __all__ = ["TRAINING_CONFIGS", "CLASS_WEIGHTS", "PT_EDGES", "SDMASS_EDGES", "TrainingOptions",
            "TrainingSample", "load_training_sample", "cached_training_sample", "flattening_factors", "acceptance",
-           "epoch_jets", "bucketed", "train", "evaluate", "evaluate_with_latents", "evaluate_model", "register_cli"]
+           "epoch_jets", "bucketed", "train", "evaluate", "evaluate_with_latents",
+           "evaluate_model", "register_cli"]
 
 TRAINING_CONFIGS: dict[str, SophonConfig] = {
     "sophon": sophon_config(),

@@ -148,9 +148,17 @@ def drag(page, start: tuple[float, float], end: tuple[float, float], steps: int 
     page.mouse.up()
 
 
+def latent_canvas_box(page, timeout: float = 120.0) -> dict:
+    """The latent plot's canvas box on the page (x, y, width, height in px). A redraw (a
+    recolouring) replaces the canvas, and between the two there is no box to read: wait for it."""
+    canvas = page.locator(".latent-plot canvas").first
+    return eventually(canvas.bounding_box, lambda box: box is not None, "the latent plot's canvas",
+                      timeout=timeout)
+
+
 def drag_box(page, left: float, top: float, width: float, height: float) -> None:
     """Drag a box on the latent plot (fractions of the plot's canvas)."""
-    canvas = page.locator(".latent-plot canvas").first.bounding_box()
+    canvas = latent_canvas_box(page)
     x0 = canvas["x"] + canvas["width"] * left
     y0 = canvas["y"] + canvas["height"] * top
     drag(page, (x0, y0), (x0 + canvas["width"] * width, y0 + canvas["height"] * height))

@@ -27,7 +27,7 @@ from sophon.discriminant import PRESETS
 from sophon.spectrum import DEFAULT_EFFICIENCIES
 
 from app.selection import box_indices, polygon_indices
-from test_app_browser import TIMEOUT_MS, browser, drag_box, server  # noqa: F401
+from test_app_browser import TIMEOUT_MS, browser, drag_box, latent_canvas_box, server  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -342,7 +342,7 @@ def test_a_drawn_lasso_goes_into_the_link_and_selects_the_same_jets(browser, ser
         page.wait_for_selector(".latent-help", timeout=TIMEOUT_MS)
         time.sleep(2.0)  # let the datashaded image arrive
         page.locator(".latent-plot [title='Lasso Select']").first.click()
-        canvas = page.locator(".latent-plot canvas").first.bounding_box()
+        canvas = latent_canvas_box(page)
         center_x = canvas["x"] + 0.45 * canvas["width"]
         center_y = canvas["y"] + 0.45 * canvas["height"]
         page.mouse.move(center_x + 0.2 * canvas["width"], center_y)

@@ -37,7 +37,7 @@ from sophon.manifest import sha256_file
 from sophon.store import DatasetMetadata, write_dataset
 from sophon.synthetic import make_synthetic
 
-from test_app_browser import Server, browser, drag, eventually  # noqa: F401
+from test_app_browser import Server, browser, drag, eventually, latent_canvas_box  # noqa: F401
 from test_app_views import random_constituent_columns
 
 pytestmark = pytest.mark.browser
@@ -290,9 +290,7 @@ def _plot_pixels(page) -> tuple[np.ndarray, dict]:
     """The latent plot's canvas as an (h, w, 3) array, and its box on the page."""
     from PIL import Image
 
-    canvas = page.locator(".latent-plot canvas").first
-    # a redraw (recolouring) replaces the canvas; between the two there is no box to read
-    box = _eventually(canvas.bounding_box, lambda b: b is not None, "the latent plot's canvas")
+    box = latent_canvas_box(page, timeout=WAIT_S)
     image = Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
     pixels = np.asarray(image.resize((int(box["width"]), int(box["height"]))), dtype=np.int32)
     return pixels, box

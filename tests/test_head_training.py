@@ -8,11 +8,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sophon.head_training import HeadTrainingOptions, LatentSample, frozen_latents, train_head  # noqa: E402
+from sophon.head_training import (HeadTrainingOptions, LatentSample,  # noqa: E402
+                                  frozen_latents, train_head)
 from sophon.labels import index_of  # noqa: E402
-from sophon.model import head_probabilities, load_checkpoint, save_checkpoint  # noqa: E402
-from sophon.training import TRAINING_CONFIGS, evaluate_with_latents, load_training_sample  # noqa: E402
-from sophon.model import SophonModel  # noqa: E402
+from sophon.model import (SophonModel, head_probabilities, load_checkpoint,  # noqa: E402
+                          save_checkpoint)
+from sophon.training import (TRAINING_CONFIGS, evaluate_with_latents,  # noqa: E402
+                             load_training_sample)
 
 
 def _blob_sample(n_per_class: int, seed: int) -> LatentSample:
