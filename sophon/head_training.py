@@ -17,8 +17,10 @@ checkpoint's own, already trained); after every epoch, the geometric mean of the
 rejections at 60 % signal efficiency on the held-out jets picks the best head, and the starting
 head is scored the same way first, so the result is never worse than the input on that measure.
 
-Latents are cached per input file (``--cache``; keyed by the file's path, size and modification
-time, and the checkpoint's bytes), so a run that is stopped resumes without recomputing them.
+The latents are computed as ``sophon score`` computes a dataset's (:func:`sophon.scorers.
+load_scorer`: on the CPU the checkpoint's exported graph in onnxruntime) and cached per input file
+(``--cache``; keyed by the file's path, size and modification time and the checkpoint's sha256),
+so a run that is stopped resumes without recomputing them.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ import torch.nn.functional as F
 
 from sophon.atomic import atomic_output
 from sophon.model import SophonModel, load_checkpoint, save_checkpoint
-from sophon.scoring import resolve_device
+from sophon.scorers import Scorer, load_scorer
 from sophon.training import (REWEIGHT_PERCENTILE, _split, _validation_record, acceptance,
-                             epoch_jets, evaluate_with_latents, load_training_sample)
+                             epoch_jets, load_training_sample)
 
 __all__ = ["HeadTrainingOptions", "LatentSample", "frozen_latents", "train_head", "register_cli"]
 
@@ -73,33 +75,34 @@ class LatentSample:
         return len(self.labels)
 
 
-def _file_key(file: Path, checkpoint_digest: str) -> str:
+def _file_key(file: Path, model_id: str) -> str:
     stat = file.stat()
-    text = json.dumps([str(file.resolve()), stat.st_size, stat.st_mtime_ns, checkpoint_digest])
+    text = json.dumps([str(file.resolve()), stat.st_size, stat.st_mtime_ns, model_id])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def frozen_latents(model: SophonModel, files: Sequence[str | os.PathLike], *,
-                   cache: str | os.PathLike | None = None, checkpoint_digest: str = "",
-                   device: torch.device | str = "cpu", log=print) -> LatentSample:
-    """The latents of ``model`` for the selected jets of labelled JetClass-II-schema ``files``.
+def frozen_latents(scorer: Scorer, files: Sequence[str | os.PathLike], *,
+                   cache: str | os.PathLike | None = None, log=print) -> LatentSample:
+    """The latents that ``scorer`` (:func:`sophon.scorers.load_scorer` of the checkpoint, the
+    way ``sophon score`` computes a dataset's latents) gives the selected jets of labelled
+    JetClass-II-schema ``files``.
 
     With ``cache``, each file's arrays are kept there as one ``.npz`` named by the file's path,
-    size, modification time and ``checkpoint_digest``, and read back on later calls."""
+    size and modification time and the scorer's ``model_id`` (which holds the checkpoint's
+    sha256), and read back on later calls."""
     if not files:
         raise ValueError("no training files given")
     parts = []
     for file in map(Path, files):
-        key = _file_key(file, checkpoint_digest)
+        key = _file_key(file, scorer.model_id)
         target = None if cache is None else Path(cache) / f"{key}.npz"
         if target is not None and target.exists():
             with np.load(target) as stored:
                 parts.append({name: stored[name] for name in stored.files})
             continue
         started = time.perf_counter()
-        sample = load_training_sample([file])
-        _, latents = evaluate_with_latents(model, sample, np.arange(len(sample)), device=device,
-                                           precision=torch.float32)
+        sample = load_training_sample([file], feature_dtype=np.float32)  # as sophon score reads
+        _, latents = scorer.score_ragged(sample.inputs)
         part = {"latents": latents, "labels": sample.labels, "jet_pt": sample.jet_pt,
                 "jet_sdmass": sample.jet_sdmass}
         log(f"{file}: {len(sample):,} jets' latents in {time.perf_counter() - started:.0f} s")
@@ -200,14 +203,11 @@ def _main(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                                   validation_fraction=args.validation_fraction,
                                   max_draws_per_jet=args.max_draws_per_jet, seed=args.seed)
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(os.cpu_count() or 1, 1))
-    digest = hashlib.sha256(args.model.read_bytes()).hexdigest()
-    model = load_checkpoint(args.model).to(device)
-    sample = frozen_latents(model, args.inputs, cache=args.cache, checkpoint_digest=digest,
-                            device=device)
-    summary = train_head(model.cpu(), sample, args.output, options)
+    scorer = load_scorer(args.model, device=args.device, precision="fp32")
+    sample = frozen_latents(scorer, args.inputs, cache=args.cache)
+    if torch.get_num_threads() < (os.cpu_count() or 1):
+        torch.set_num_threads(os.cpu_count() or 1)
+    summary = train_head(load_checkpoint(args.model), sample, args.output, options)
     print(f"best epoch {summary['best_epoch']}; checkpoint {args.output}")
     return 0
 
