@@ -11,7 +11,7 @@ HOST   ?= 127.0.0.1
 ORIGIN ?=
 DATA   ?= data/default
 
-.PHONY: app test bench install chromium default model head dist notebooks
+.PHONY: app test bench install chromium default model dist notebooks
 
 install: $(VENV)/.installed
 
@@ -115,25 +115,3 @@ model: install
 	$(BIN)/sophon manifest record data/models/$(MODEL_NAME).pt
 	$(BIN)/sophon evaluate data/models/$(MODEL_NAME).pt $(MODEL_WORK)/test/*.parquet \
 	  --device $(DEVICE) -o $(MODEL_WORK)/evaluation.json
-
-# The embedded default's model (docs/training.md, "The head on frozen latents"): the backbone of
-# $(HEAD_BASE) (made by `make model`) with its head retrained on its frozen latents of
-# 3 x 210,000 new training events; the latents are cached per file in $(HEAD_WORK)/latents, so a
-# stopped run continues. The test sample is the model card's (seed 90).
-HEAD_NAME ?= sophon-small-v3
-HEAD_BASE ?= data/models/sophon-small-v2.pt
-HEAD_WORK ?= build/head
-HEAD_RUNS ?= 1 2 3
-head: install
-	@for run in $(HEAD_RUNS); do \
-	  test -f $(HEAD_WORK)/run$$run/QCD.parquet || $(BIN)/sophon generate training --no-mpi \
-	    --quiet --events 210000 --seed $$((20 + run)) --parts res2p=0.25,res34p=0.30,qcd=0.45 \
-	    -o $(HEAD_WORK)/run$$run || exit 1; \
-	done
-	test -f $(HEAD_WORK)/test/QCD.parquet || $(BIN)/sophon generate training --no-mpi --quiet \
-	  --events 60000 --seed 90 --parts res2p=0.25,res34p=0.25,qcd=0.5 -o $(HEAD_WORK)/test
-	$(BIN)/sophon train-head $(HEAD_BASE) $(HEAD_WORK)/run*/*.parquet -o data/models/$(HEAD_NAME).pt \
-	  --cache $(HEAD_WORK)/latents --device $(DEVICE) --seed 0
-	$(BIN)/sophon manifest record data/models/$(HEAD_NAME).pt
-	$(BIN)/sophon evaluate data/models/$(HEAD_NAME).pt $(HEAD_WORK)/test/*.parquet \
-	  --device $(DEVICE) -o $(HEAD_WORK)/evaluation.json

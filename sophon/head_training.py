@@ -13,9 +13,11 @@ Recipe, as :mod:`sophon.training` except where said: the published selection, cl
 flat (pT, mSD) reweighting (:func:`sophon.training.acceptance`), each epoch drawing each jet at
 most once; cross-entropy over the 188 classes; RAdam (0.95, 0.999, eps 1e-5); the learning rate
 decays exponentially from its start to 1 % over the whole training (the head starts from the
-checkpoint's own, already trained); after every epoch, the geometric mean of the A1, A2, A3 QCD
-rejections at 60 % signal efficiency on the held-out jets picks the best head, and the starting
-head is scored the same way first, so the result is never worse than the input on that measure.
+checkpoint's own, already trained); after every epoch the held-out jets' loss, under the same draw
+weights, picks the best head, and the starting head is measured the same way first, so the result
+is never worse than the input on that measure. The QCD rejections of A1, A2 and A3 are recorded
+too, but not used to choose: at 60 % signal efficiency they rest on 10-60 passing QCD jets of the
+held-out tenth, and their noise (a third for A2) would pick a lucky epoch, not a better head.
 
 The latents are computed as ``sophon score`` computes a dataset's (:func:`sophon.scorers.
 load_scorer`: on the CPU the checkpoint's exported graph in onnxruntime) and cached per input file
@@ -126,7 +128,7 @@ def _head_probabilities(head: torch.nn.Module, latents: torch.Tensor) -> np.ndar
 def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLike,
                options: HeadTrainingOptions = HeadTrainingOptions(), *, log=print) -> dict:
     """Retrain ``model``'s head (``model.mod.fc``, in place) on ``sample``; the best head by the
-    validation tagging score, with the backbone unchanged, is saved at ``output`` (published
+    validation loss, with the backbone unchanged, is saved at ``output`` (published
     checkpoint layout) and the history beside it (``.json``). Returns that summary."""
     output = Path(output)
     torch.manual_seed(options.seed)
@@ -166,7 +168,7 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
         return record
 
     history = [validate(0, float("nan"))]
-    best = history[0]["selection_score"]
+    best = history[0]["validation_loss"]
     save_checkpoint(model, output)
     for epoch in range(1, options.epochs + 1):
         rng = np.random.default_rng([options.seed, epoch, 2])
@@ -182,8 +184,8 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
             scheduler.step()
             total, batches = total + float(loss.detach()), batches + 1
         record = validate(epoch, total / max(batches, 1))
-        if math.isfinite(record["selection_score"]) and not record["selection_score"] <= best:
-            best = record["selection_score"]
+        if record["validation_loss"] < best:
+            best = record["validation_loss"]
             record["best"] = True
             save_checkpoint(model, output)
         history.append(record)
