@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from sophon.atomic import atomic_output
 from sophon.model import SophonModel, load_checkpoint, save_checkpoint
 from sophon.scorers import Scorer, load_scorer
-from sophon.training import (REWEIGHT_PERCENTILE, _split, _validation_record, acceptance,
-                             epoch_jets, load_training_sample)
+from sophon.training import (REWEIGHT_PERCENTILE, acceptance, epoch_jets, load_training_sample,
+                             validation_record, validation_split)
 
 __all__ = ["HeadTrainingOptions", "LatentSample", "frozen_latents", "train_head", "register_cli"]
 
@@ -132,7 +132,7 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
     checkpoint layout) and the history beside it (``.json``). Returns that summary."""
     output = Path(output)
     torch.manual_seed(options.seed)
-    validation, training = _split(len(sample), options.validation_fraction, options.seed)
+    validation, training = validation_split(len(sample), options.validation_fraction, options.seed)
     if len(training) == 0:
         raise ValueError(f"only {len(sample)} jets: nothing left to train on after validation")
     cap = min(1.0, options.max_draws_per_jet / max(options.epochs, 1))
@@ -158,7 +158,7 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
     def validate(epoch: int, loss: float) -> dict:
         probabilities = _head_probabilities(head, latents[validation])
         record = {"epoch": epoch, "loss": loss,
-                  **_validation_record(probabilities, sample.labels[validation],
+                  **validation_record(probabilities, sample.labels[validation],
                                        validation_weights),
                   "learning_rate": scheduler.get_last_lr()[0]}
         rejections = ", ".join(f"{name.split(':')[0]} {entry['60%']['rejection']:.0f}"

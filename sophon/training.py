@@ -66,8 +66,8 @@ from sophon.tagging import class_accuracies, selection_score, tagging_figures
 
 __all__ = ["TRAINING_CONFIGS", "CLASS_WEIGHTS", "PT_EDGES", "SDMASS_EDGES", "TrainingOptions",
            "TrainingSample", "load_training_sample", "cached_training_sample", "flattening_factors", "acceptance",
-           "epoch_jets", "bucketed", "train", "evaluate", "evaluate_with_latents",
-           "evaluate_model", "register_cli"]
+           "epoch_jets", "bucketed", "validation_split", "validation_record", "train", "evaluate",
+           "evaluate_with_latents", "evaluate_model", "register_cli"]
 
 TRAINING_CONFIGS: dict[str, SophonConfig] = {
     "sophon": sophon_config(),
@@ -373,7 +373,7 @@ def evaluate_with_latents(model: SophonModel, sample: TrainingSample, jets: np.n
     return probabilities, latents
 
 
-def _validation_record(probabilities: np.ndarray, labels: np.ndarray,
+def validation_record(probabilities: np.ndarray, labels: np.ndarray,
                        weights: np.ndarray) -> dict:
     """Validation figures: loss and accuracy under the training draw weights (so they compare with
     the training loss), and the unweighted tagging figures of the presets."""
@@ -388,7 +388,9 @@ def _validation_record(probabilities: np.ndarray, labels: np.ndarray,
 # --- the training loop ------------------------------------------------------------------------------
 
 
-def _split(n_jets: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(n_jets: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) jet indices, each sorted: a seeded ``fraction`` of ``n_jets`` held
+    out (at least one jet)."""
     order = np.random.default_rng([seed, 1 << 20]).permutation(n_jets)
     n_validation = max(int(n_jets * fraction), 1)
     return np.sort(order[:n_validation]), np.sort(order[n_validation:])
@@ -480,7 +482,7 @@ def train(sample: TrainingSample, output: str | os.PathLike,
     device = resolve_device(options.device)
     if device.type == "cpu":
         torch.set_num_threads(max(os.cpu_count() or 1, 1))
-    validation, training = _split(len(sample), options.validation_fraction, options.seed)
+    validation, training = validation_split(len(sample), options.validation_fraction, options.seed)
     if len(training) == 0:
         raise ValueError(f"only {len(sample)} jets: nothing left to train on after validation")
     cap = min(1.0, options.max_draws_per_jet / max(options.epochs, 1))
@@ -582,7 +584,7 @@ def _end_epoch(run: _Run, sample: TrainingSample, validation: np.ndarray,
     probabilities = evaluate(run.model, sample, validation, device=device, precision=precision)
     record = {"epoch": run.epoch + 1, "step": run.step,
               "loss": run.epoch_loss / max(run.epoch_batches, 1),
-              **_validation_record(probabilities, sample.labels[validation], validation_weights),
+              **validation_record(probabilities, sample.labels[validation], validation_weights),
               "jets": n_batches * run.options.batch_size, "seconds": run.epoch_seconds,
               "jets_per_second": n_batches * run.options.batch_size / max(run.epoch_seconds, 1e-9),
               "learning_rate": run.scheduler.get_last_lr()[0]}
