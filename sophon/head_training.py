@@ -61,6 +61,17 @@ class HeadTrainingOptions:
     reweight_percentile: float = REWEIGHT_PERCENTILE
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "samples_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in (0, 1), not "
+                             f"{self.validation_fraction}")
+        if not (self.learning_rate >= 0 and self.max_draws_per_jet > 0):
+            raise ValueError(f"learning_rate must be >= 0 and max_draws_per_jet > 0, not "
+                             f"{self.learning_rate} and {self.max_draws_per_jet}")
+
 
 @dataclass
 class LatentSample:

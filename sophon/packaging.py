@@ -298,9 +298,18 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     return report
 
 
+def _loaded(checkpoint: Path):
+    """The model of ``checkpoint``, or a DatasetError naming the file."""
+    try:
+        return load_checkpoint(checkpoint)
+    except Exception as error:  # torch.load and strict loading raise many types
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise DatasetError(f"{checkpoint}: not a loadable Sophon checkpoint ({reason})") from None
+
+
 def _backbone_differences(old: Path, new: Path) -> list[str]:
     """Names of the tensors outside the head (``mod.fc.*``) that differ between two checkpoints."""
-    before, after = load_checkpoint(old).state_dict(), load_checkpoint(new).state_dict()
+    before, after = _loaded(old).state_dict(), _loaded(new).state_dict()
     names = sorted((set(before) | set(after)) - {k for k in before | after if k.startswith("mod.fc.")})
     return [k for k in names if k not in before or k not in after
             or before[k].shape != after[k].shape or not bool((before[k] == after[k]).all())]
@@ -329,7 +338,7 @@ def rehead_dataset(packed: str | os.PathLike, checkpoint: str | os.PathLike,
                            f"{packed} ({dataset.score_head.name}): {len(differing)} tensors "
                            f"differ, first {differing[0]}")
     before = dataset.scores
-    after = head_probabilities(load_checkpoint(checkpoint), dataset.latents)
+    after = head_probabilities(_loaded(checkpoint), dataset.latents)
     changes = cut_side_changes(before, after, dataset.weights)
     table = pq.read_table(packed)
     digest = sha256_file(checkpoint)

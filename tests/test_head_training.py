@@ -98,3 +98,10 @@ def test_frozen_latents_are_the_models_and_their_cache_follows_the_file(referenc
     pq.write_table(pq.read_table(source).slice(0, 50), source)
     changed = frozen_latents(scorer, [source], cache=tmp_path / "cache", log=lambda *_: None)
     assert len(changed) == len(load_training_sample([source])) < len(direct)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": -1}, {"validation_fraction": 1.0},
+                                 {"learning_rate": float("nan")}, {"max_draws_per_jet": 0}])
+def test_options_out_of_range_are_named(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        HeadTrainingOptions(**bad)

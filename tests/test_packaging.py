@@ -322,3 +322,7 @@ def test_rehead_points_the_scores_at_a_new_head_over_the_same_backbone(tmp_path,
     with pytest.raises(DatasetError, match="backbone"):
         rehead_dataset(packed, other, log=lambda *a: None)
     assert JetDataset(packed).score_head == new_head.resolve()
+    corrupt = tmp_path / "models" / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(DatasetError, match="corrupt.pt: not a loadable Sophon checkpoint"):
+        rehead_dataset(packed, corrupt, log=lambda *a: None)
