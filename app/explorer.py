@@ -38,7 +38,6 @@ import numpy as np
 import param
 
 from sophon.analysis import DatasetAnalysis
-from sophon.cluster_analysis import ClusterAnalysis
 from sophon.discriminant import PRESETS, Discriminant, DiscriminantError
 from sophon.labels import QueryError
 from sophon.spectrum import DEFAULT_EFFICIENCIES, EfficiencyScan, SignificanceCurve, nearest_level
@@ -283,7 +282,7 @@ class Explorer(param.Parameterized):
         self._scan_generation += 1
         if self.analysis is None:
             return
-        if isinstance(self.analysis, ClusterAnalysis):
+        if self.analysis.scans_on_cluster:
             self._start_cluster_scans()
             return
         try:

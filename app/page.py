@@ -19,7 +19,6 @@ from app.views.rescoring import RescoringView
 from app.views.significance import SignificanceView
 from app.views.spectrum import SpectrumView
 from sophon import __version__ as SOPHON_VERSION
-from sophon.cluster_analysis import ClusterAnalysis
 
 __all__ = ["SophonApp", "TAB_NAMES"]
 
@@ -148,7 +147,7 @@ class SophonApp(pn.viewable.Viewer):
             return ""
         dataset, analysis = explorer.dataset, explorer.analysis
         metadata = dataset.metadata
-        if isinstance(analysis, ClusterAnalysis):  # the dataset is the whole one's sample
+        if analysis.scans_on_cluster:  # the dataset is the whole one's sample
             parts = [f"<b>{html.escape(str(analysis.path))}</b>",
                      f"{analysis.n_jets:,} jets, scanned on the Dask cluster",
                      f"per-jet views: {html.escape(analysis.sample_description())}"]

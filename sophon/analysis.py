@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -132,6 +133,10 @@ class EventTable:
 class DatasetAnalysis:
     """Discriminant scans on one :class:`~sophon.store.JetDataset`."""
 
+    #: whether each scan is a pass over a cluster (long work: a user interface runs it in the
+    #: background) rather than arithmetic on arrays in memory
+    scans_on_cluster: bool = False
+
     def __init__(self, dataset: JetDataset, *, binning: MassBinning = DEFAULT_MASS_BINNING,
                  cache_size: int = 8):
         self.dataset = dataset
@@ -139,6 +144,21 @@ class DatasetAnalysis:
         self._class_sums = BuildOnceCache(cache_size)  # filled by Discriminant.components
         self._values = BuildOnceCache(cache_size)
         self._windows = BuildOnceCache()  # (process, fraction) -> mass window: few, kept
+
+    # --- what it is -------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The dataset the scans cover."""
+        return self.dataset.path
+
+    @property
+    def n_jets(self) -> int:
+        """Jets the scans cover."""
+        return self.dataset.n_jets
+
+    def sample_description(self) -> str:
+        """What the per-jet views (:attr:`dataset`) show of the scanned jets, in words."""
+        return f"all {self.n_jets:,} jets"
 
     # --- discriminant-independent arrays ------------------------------------------------------
     @cached_property

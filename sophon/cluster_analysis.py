@@ -73,6 +73,8 @@ class ClusterAnalysis(DatasetAnalysis):
     (one cluster pass), unless a previous run left it in ``sample_folder``.
     """
 
+    scans_on_cluster = True
+
     def __init__(self, scanner: DaskScanner, sample_folder: str | os.PathLike, *,
                  max_sample_jets: int = DEFAULT_SAMPLE_JETS, seed: int = 0,
                  cache_size: int = 8):

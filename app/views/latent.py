@@ -38,7 +38,6 @@ from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, CustomJSHov
                           LassoSelectTool)
 
 from sophon.analysis import DatasetAnalysis, selection_frame
-from sophon.cluster_analysis import ClusterAnalysis
 from sophon.discriminant import Discriminant
 from sophon.labels import LABELS, N_CLASSES, TRUTH_GROUP_OF_CLASS, TRUTH_GROUPS
 
@@ -436,12 +435,8 @@ class LatentView(ExplorerView):
         self._pane.object = plot
         note = (f" The {TOP_CLASSES_SHOWN} most frequent most-probable classes are coloured; "
                 "the rest are 'other'." if self.color_by == "top" else "")
-        analysis = self.explorer.analysis
-        if isinstance(analysis, ClusterAnalysis):  # a sample of the dataset on the cluster
-            description = analysis.sample_description()
-            shown = html.escape(description[:1].upper() + description[1:])
-        else:
-            shown = f"All {self.explorer.dataset.n_jets:,} jets"
+        description = self.explorer.analysis.sample_description()  # a sample, on a cluster
+        shown = html.escape(description[:1].upper() + description[1:])
         self._note.object = f"<small>{shown}, datashaded.{note}</small>"
 
     def _on_analysis(self, event) -> None:
