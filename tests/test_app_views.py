@@ -408,6 +408,8 @@ def test_explorer_selection_gives_the_selection_spectrum(explorer):
 def test_latent_view_streams_select_jets(explorer):
     view = LatentView(explorer)
     render(view)
+    # in memory the plot shows every jet (on a cluster, a sample: test_app_dask)
+    assert f"All {explorer.dataset.n_jets:,} jets, datashaded" in view._note.object
     box, lasso = view.streams
     box.event(bounds=(-1.0, -1.0, 1.0, 1.0))
     x, y = explorer.latent_coordinates()
