@@ -54,6 +54,8 @@ log = logging.getLogger("sophon.app")
 DEFAULT_DISCRIMINANT = PRESETS["X->bb vs QCD"]
 EFFICIENCIES: tuple[float, ...] = tuple(float(e) for e in DEFAULT_EFFICIENCIES)
 _ERRORS = (DiscriminantError, QueryError, DatasetError, ValueError, KeyError, IndexError)
+#: what a cluster scan may also raise and the page says as it is: a pass past its time limit
+_CLUSTER_ERRORS = (*_ERRORS, TimeoutError)
 
 #: The largest luminosity (fb^-1) the app accepts: 100 ab^-1, beyond any planned collider run
 #: (a dataset generated for more keeps its own as the maximum).
@@ -345,7 +347,7 @@ class Explorer(param.Parameterized):
             try:
                 results = self._compute_scans(jobs, analysis)
             except Exception as error:  # the cluster's failures too: text for the page
-                if not isinstance(error, _ERRORS):
+                if not isinstance(error, _CLUSTER_ERRORS):
                     log.exception("the cluster scan of %s failed", name)
                 # partial binds the error now: the name is unbound once this block ends, and a
                 # served page runs the callback later
@@ -363,7 +365,7 @@ class Explorer(param.Parameterized):
         if generation != self._scan_generation or analysis is not self.analysis:
             return
         if error is not None:
-            text = str(error) if isinstance(error, _ERRORS) else \
+            text = str(error) if isinstance(error, _CLUSTER_ERRORS) else \
                 f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
             self.param.update(error=f"Could not compute the spectra on the cluster: {text}",
                               computing="")

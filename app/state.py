@@ -73,6 +73,9 @@ MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".ts", ".torchscript")
 LOCAL_CLUSTER = "local"
 #: Seconds the app waits for a Dask scheduler to answer before it says it cannot reach it.
 DASK_CONNECT_TIMEOUT_S = 10.0
+#: Seconds one pass of a spectrum scan over the cluster may take before the page says it failed
+#: (a worker paused for memory runs no task, and the spinner would turn for good).
+CLUSTER_SCAN_TIMEOUT_S = 600.0
 #: The folder under the output folder where the samples of cluster datasets are written.
 SAMPLES_FOLDER = "cluster-samples"
 
@@ -231,7 +234,8 @@ def _cluster_analysis(key: Path, address: str) -> DatasetAnalysis:
                                               f"{address} ({text}); start its scheduler, or "
                                               "serve the app without --dask to load the "
                                               "dataset in memory")) from None
-    return ClusterAnalysis(DaskScanner(key, client=client), output_dir() / SAMPLES_FOLDER)
+    return ClusterAnalysis(DaskScanner(key, client=client, timeout=CLUSTER_SCAN_TIMEOUT_S),
+                           output_dir() / SAMPLES_FOLDER)
 
 
 def _open_analysis(key: Path, path: str | os.PathLike) -> DatasetAnalysis:

@@ -83,6 +83,7 @@ from sophon.store import MAX_WEIGHT, SCORE_COLUMNS, DatasetError, JetDataset
 
 __all__ = [
     "DaskScanner",
+    "ClusterTimeout",
     "Partition",
     "ScanReport",
     "DEFAULT_PARTITION_ROWS",
@@ -870,6 +871,10 @@ class ScanReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class ClusterTimeout(TimeoutError):
+    """A pass over the cluster took longer than its scanner's ``timeout``."""
+
+
 class DaskScanner:
     """Exact efficiency scans of one dataset (a parquet file, or a directory of parts) on a
     Dask cluster; the answers of :class:`~sophon.analysis.DatasetAnalysis` (see the module
@@ -879,7 +884,11 @@ class DaskScanner:
     ``rows_per_partition``: rows one task reads at most (row groups are never split);
     ``max_candidates``: items the driver receives at most before cut buckets are refined;
     ``max_shared_events``: event ids that partitions may share; ``binning``: the jet-mass
-    binning (GeV); ``split_every``: results merged per tree node.
+    binning (GeV); ``split_every``: results merged per tree node; ``timeout``: seconds one pass
+    over the cluster may take with a ``client`` before it is cancelled and a
+    :class:`ClusterTimeout` raised (None: no limit). A worker paused for memory (at 80 % of its
+    limit, by Dask's default) runs no task until it recovers, so without a limit a pass that
+    needs it would wait for good.
 
     The dataset's files, columns and metadata are checked when it is opened
     (:class:`~sophon.store.JetDataset` without loading a column); values are checked as each
@@ -892,7 +901,8 @@ class DaskScanner:
                  rows_per_partition: int = DEFAULT_PARTITION_ROWS,
                  max_candidates: int = DEFAULT_MAX_CANDIDATES,
                  max_shared_events: int = DEFAULT_MAX_SHARED_EVENTS,
-                 binning: MassBinning = DEFAULT_MASS_BINNING, split_every: int = 8):
+                 binning: MassBinning = DEFAULT_MASS_BINNING, split_every: int = 8,
+                 timeout: float | None = None):
         require_dask()
         self.dataset = JetDataset(path, validate=False)  # files, schemas and metadata checked
         self.path = self.dataset.path
@@ -909,6 +919,7 @@ class DaskScanner:
         self.max_candidates = int(max_candidates)
         self.max_shared_events = int(max_shared_events)
         self.split_every = max(2, int(split_every))
+        self.timeout = None if timeout is None else float(timeout)
         self.partitions = dataset_partitions(self.dataset.files, rows_per_partition)
         self.n_jets = self.dataset.n_jets
         self.last_report: ScanReport | None = None
@@ -933,9 +944,17 @@ class DaskScanner:
         while len(level) > 1:
             level = [dask.delayed(merge, pure=False)(level[i:i + self.split_every])
                      for i in range(0, len(level), self.split_every)]
-        if self.client is not None:
-            return self.client.compute(level[0]).result()
-        return dask.compute(level[0])[0]
+        if self.client is None:
+            return dask.compute(level[0])[0]
+        future = self.client.compute(level[0])
+        try:
+            return future.result(timeout=self.timeout)
+        except TimeoutError:  # distributed's TimeoutError is the builtin one
+            future.cancel()
+            raise ClusterTimeout(f"{self.path}: the Dask cluster did not finish a pass over "
+                                 f"{len(self.partitions):,} partitions within "
+                                 f"{self.timeout:g} s (a worker paused for memory runs no "
+                                 "task: see the cluster's dashboard)") from None
 
     # --- the request ----------------------------------------------------------------------
     def _request(self, discriminant: Discriminant, level: str, jets: str, reference: str,

@@ -204,6 +204,31 @@ def test_interleaved_events_are_refused_with_the_parts_named(client, dyadic, tmp
         scanner.event_scan(PRESETS["W'->WWW triboson"])
 
 
+def test_a_pass_that_a_paused_worker_holds_up_times_out_with_a_clear_error(dyadic, in_memory):
+    """A worker paused for memory runs no task; a scan then ends at the scanner's time limit,
+    saying why, and the same scanner scans again once the worker runs."""
+    from distributed import Client, LocalCluster
+    from distributed.core import Status
+
+    from sophon.dask_scan import ClusterTimeout
+
+    def set_status(status):
+        def set_it(dask_worker):
+            dask_worker.status = status
+        return set_it
+
+    # no memory limit: no monitor that resumes the worker it finds below its pause threshold
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit=0,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        scanner = DaskScanner(dyadic, client=client, rows_per_partition=ROW_GROUP, timeout=3.0)
+        client.run(set_status(Status.paused))
+        with pytest.raises(ClusterTimeout, match=r"within 3 s .*paused for memory"):
+            scanner.jet_scan(PRESETS["A2: X->bb"])
+        client.run(set_status(Status.running))
+        _assert_same_scan(scanner.jet_scan(PRESETS["A2: X->bb"]),
+                          in_memory.jet_scan(PRESETS["A2: X->bb"]), exact=True)
+
+
 @pytest.fixture
 def fresh_client():
     """Two new one-thread worker processes: what the earlier tests left in a worker's memory
