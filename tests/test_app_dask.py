@@ -170,6 +170,20 @@ def test_a_cluster_error_reaches_the_page_as_text(cluster):
                               "column 'score_X_cs' holds nan at row 7")
 
 
+def test_a_scan_past_its_time_limit_reaches_the_page_as_text(cluster, caplog):
+    from sophon.dask_scan import ClusterTimeout
+
+    explorer = settled(Explorer(analysis=cluster))
+    reason = (f"{cluster.path}: the Dask cluster did not finish a pass over 6 partitions within "
+              "600 s (a worker paused for memory runs no task: see the cluster's dashboard)")
+    cluster.gate.fail = ClusterTimeout(reason)
+    explorer.discriminant = A1
+    settled(explorer)
+    assert explorer.computing == ""  # the spinner stops
+    assert explorer.error == f"Could not compute the spectra on the cluster: {reason}"
+    assert "Traceback" not in caplog.text  # an expected failure, not a crash in the log
+
+
 def test_the_latent_selection_is_cut_with_the_clusters_thresholds(cluster):
     app = SophonApp(settled(Explorer(analysis=cluster)))
     explorer = app.explorer
