@@ -218,8 +218,7 @@ def _main(args: argparse.Namespace) -> int:
                                   max_draws_per_jet=args.max_draws_per_jet, seed=args.seed)
     scorer = load_scorer(args.model, device=args.device, precision="fp32")
     sample = frozen_latents(scorer, args.inputs, cache=args.cache)
-    if torch.get_num_threads() < (os.cpu_count() or 1):
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(max(os.cpu_count() or 1, 1))  # as in sophon train: a CPU training
     summary = train_head(load_checkpoint(args.model), sample, args.output, options)
     print(f"best epoch {summary['best_epoch']}; checkpoint {args.output}")
     return 0

@@ -55,6 +55,7 @@ __all__ = [
     "head_probabilities",
     "config_from_state_dict",
     "load_checkpoint",
+    "load_checkpoint_file",
     "save_checkpoint",
     "randomize_weights_",
     "count_parameters",
@@ -659,6 +660,22 @@ def load_checkpoint(source: str | os.PathLike | Mapping[str, Any], *,
     model = SophonModel(config or config_from_state_dict(state_dict))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def load_checkpoint_file(path: str | os.PathLike, *,
+                         error: type[Exception] = ValueError) -> SophonModel:
+    """:func:`load_checkpoint` of the file at ``path``, for a user's file: a missing or
+    unloadable one raises ``error`` naming it and, on one line, why (torch.load and strict
+    loading raise a dozen types of their own)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such model checkpoint")
+    try:
+        return load_checkpoint(path)
+    except Exception as failure:
+        reason = " ".join(str(failure).split())[:300]
+        raise error(f"{path}: not a loadable Sophon checkpoint ({type(failure).__name__}"
+                    f"{': ' + reason if reason else ''})") from None
 
 
 def save_checkpoint(model: SophonModel, path: str | os.PathLike) -> Path:

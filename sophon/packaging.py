@@ -49,7 +49,7 @@ from sophon.discriminant import PRESETS, Discriminant, Term
 from sophon.features import REQUIRED_COLUMNS
 from sophon.labels import mask as class_mask
 from sophon.manifest import sha256_file
-from sophon.model import head_probabilities, load_checkpoint
+from sophon.model import head_probabilities, load_checkpoint, load_checkpoint_file
 from sophon.spectrum import thresholds_for_efficiencies
 from sophon.store import (LATENT_CODES_KEY, SCORE_COLUMNS, SCORE_HEAD_KEY, DatasetError,
                           DatasetMetadata, JetDataset, dataset_files, decode_latents,
@@ -298,19 +298,10 @@ def package_dataset(scored: str | os.PathLike, output: str | os.PathLike, *,
     return report
 
 
-def _loaded(checkpoint: Path):
-    """The model of ``checkpoint``, or a DatasetError naming the file."""
-    try:
-        return load_checkpoint(checkpoint)
-    except Exception as error:  # torch.load and strict loading raise many types
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
-        raise DatasetError(f"{checkpoint}: not a loadable Sophon checkpoint ({reason})") from None
-
-
-def _backbone_differences(old: Path, new: Path) -> list[str]:
-    """Names of the tensors outside the head (``mod.fc.*``) that differ between two checkpoints."""
-    before, after = _loaded(old).state_dict(), _loaded(new).state_dict()
-    names = sorted((set(before) | set(after)) - {k for k in before | after if k.startswith("mod.fc.")})
+def _backbone_differences(before: dict, after: dict) -> list[str]:
+    """Names of the tensors outside the head (``mod.fc.*``) that differ between two state
+    dicts."""
+    names = sorted(k for k in before.keys() | after.keys() if not k.startswith("mod.fc."))
     return [k for k in names if k not in before or k not in after
             or before[k].shape != after[k].shape or not bool((before[k] == after[k]).all())]
 
@@ -332,13 +323,16 @@ def rehead_dataset(packed: str | os.PathLike, checkpoint: str | os.PathLike,
     if dataset.score_head is None:
         raise DatasetError(f"{packed}: its scores are stored, not computed from latents by a "
                            f"head; rescore it instead")
-    differing = _backbone_differences(dataset.score_head, checkpoint)
+    old = load_checkpoint_file(dataset.score_head, error=DatasetError)
+    new = load_checkpoint_file(checkpoint, error=DatasetError)
+    differing = _backbone_differences(old.state_dict(), new.state_dict())
     if differing:
         raise DatasetError(f"{checkpoint}: its backbone is not the one that made the latents of "
                            f"{packed} ({dataset.score_head.name}): {len(differing)} tensors "
                            f"differ, first {differing[0]}")
-    before = dataset.scores
-    after = head_probabilities(_loaded(checkpoint), dataset.latents)
+    # each checkpoint loaded once: the file's scores are the old head's softmax of its latents
+    before = head_probabilities(old, dataset.latents)
+    after = head_probabilities(new, dataset.latents)
     changes = cut_side_changes(before, after, dataset.weights)
     table = pq.read_table(packed)
     digest = sha256_file(checkpoint)

@@ -58,7 +58,7 @@ from sophon.cli import report_json
 from sophon.discriminant import Discriminant, DiscriminantError, Term
 from sophon.labels import GROUPS, LABELS, mask as class_mask
 from sophon.manifest import verify_listed
-from sophon.model import SophonModel, load_checkpoint
+from sophon.model import SophonModel, load_checkpoint_file
 from sophon.store import LATENT_DIM, SCORE_HEAD_KEY, DatasetError, JetDataset, read_metadata
 from sophon.tagging import RocCurve, weighted_roc
 from sophon.training import REWEIGHT_PERCENTILE, flattening_factors
@@ -567,16 +567,6 @@ def _model_path(dataset: JetDataset, model: str | os.PathLike | None) -> Path:
     return dataset.score_head
 
 
-def _load_model(path: Path) -> SophonModel:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such model checkpoint")
-    try:
-        return load_checkpoint(path)
-    except Exception as error:  # torch.load alone raises a dozen types on a bad file
-        raise ValueError(f"{path}: not a loadable Sophon checkpoint ({type(error).__name__})") \
-            from None
-
-
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """range(n) cut at random into (the rest, a part of ``fraction`` x n), each part holding at
     least one index."""
@@ -691,7 +681,7 @@ def fit_transfer(dataset: JetDataset | str | os.PathLike, signal: JetSet | str,
         flatten=options.flatten, percentile=options.reweight_percentile).astype(np.float32))
     fit, validation = (torch.from_numpy(np.concatenate(rows)) for rows in (fit_rows,
                                                                            validation_rows))
-    model = _load_model(model_path)
+    model = load_checkpoint_file(model_path)
     members, history, best_epoch = [], [], 0
     for member in range(options.ensemble):
         # the first member is the single head's training exactly; the others' seeds follow
