@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from sophon.atomic import atomic_output
-from sophon.model import SophonModel, load_checkpoint, save_checkpoint
+from sophon.model import SophonModel, head_probabilities, load_checkpoint, save_checkpoint
 from sophon.scorers import Scorer, load_scorer
 from sophon.training import (REWEIGHT_PERCENTILE, acceptance, epoch_jets, load_training_sample,
                              validation_record, validation_split)
@@ -130,12 +130,6 @@ def frozen_latents(scorer: Scorer, files: Sequence[str | os.PathLike], *,
                         sources=[str(f) for f in files])
 
 
-@torch.no_grad()
-def _head_probabilities(head: torch.nn.Module, latents: torch.Tensor) -> np.ndarray:
-    head.eval()
-    return torch.softmax(head(latents).float(), dim=1).numpy()
-
-
 def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLike,
                options: HeadTrainingOptions = HeadTrainingOptions(), *, log=print) -> dict:
     """Retrain ``model``'s head (``model.mod.fc``, in place) on ``sample``; the best head by the
@@ -167,7 +161,7 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
         optimizer, lambda step: math.exp(math.log(0.01) * min(step, total_steps) / total_steps))
 
     def validate(epoch: int, loss: float) -> dict:
-        probabilities = _head_probabilities(head, latents[validation])
+        probabilities = head_probabilities(model, sample.latents[validation])  # head.eval()
         record = {"epoch": epoch, "loss": loss,
                   **validation_record(probabilities, sample.labels[validation],
                                        validation_weights),
