@@ -9,7 +9,8 @@ machine hits all alike),
   onnxruntime call per jet at its own length, on the published graph (weaver-core's network in
   the same shape, exported to ONNX; our own graph when weaver-core is not installed); the same
   at the contract's 128 slots; the plain model on a 128-slot batch;
-- ours: onnxruntime on our graph (pair embedding once per unordered pair), one jet per call and
+- ours: onnxruntime on our graph (kinematics once per particle, pair embedding once per unordered
+  pair in a pairs-first layout, biases inside each Gemm), one jet per call and
   bucketed, one call at a time or one call per core at once (the default of ``sophon score`` and
   the app on the CPU); :class:`sophon.scorers.TorchScorer` (bucketed by multiplicity, trimmed
   padding) in fp32, with the feed-forward layers in dynamic int8, in bf16 autocast where the CPU
