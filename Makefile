@@ -79,7 +79,7 @@ default: install
 	$(BIN)/sophon generate sm --events $(QCD_EVENTS) --seed 9 --no-mpi --lumi 138 --bias-power 1.5 \
 	  --pt-hat-min 300 --processes QCD=1 -o $(WORK)/qcd300
 	test -f $(WORK)/combined/SM.parquet || $(BIN)/sophon extend-sm $(WORK)/sm/SM.parquet \
-	  $(WORK)/qcd300/SM.parquet -o $(WORK)/combined/SM.parquet
+	  $(WORK)/qcd300/SM.parquet -o $(WORK)/combined/SM.parquet --sdmass-window 20 500
 	$(BIN)/sophon score $(WORK)/combined/SM.parquet --model $(DEFAULT_MODEL) -o $(WORK)/scored \
 	  --precision fp32
 	$(BIN)/sophon package $(WORK)/scored -o data/default/sm.parquet --model $(DEFAULT_MODEL) \

@@ -32,6 +32,7 @@ def _toy(path, n_events: int, pt_hat_min: float, seed: int, event_ids_from: int 
     scale = _true_events_above(pt_hat_min) / event_weight.sum()
     table = pa.table({"event_id": np.arange(n_events) + event_ids_from,
                       "jet_rank": np.zeros(n_events, dtype=np.int8),
+                      "jet_sdmass": rng.uniform(0.0, 600.0, n_events),
                       "process": ["QCD"] * n_events, "weight": event_weight * scale})
     metadata = {"luminosity_fb": 138.0, "bias_power": POWER, "ecm_gev": 13000.0, "mpi": False,
                 "selection": {"pt_min": 200.0}, "trigger": "toy", "pt_hat_min_gev": pt_hat_min,
@@ -84,6 +85,26 @@ def test_the_combination_is_unbiased_and_more_precise_above_the_extensions_pt_ha
             alone = base_weight[base_pt_hat >= threshold]
             assert (weight[passing].sum() ** 2 / (weight[passing] ** 2).sum()
                     > 2 * alone.sum() ** 2 / (alone ** 2).sum())
+
+
+def test_the_msd_window_writes_the_jets_inside_it_with_the_weights_of_the_full_combination(
+        tmp_path):
+    _toy(tmp_path / "base.parquet", 20_000, LOW, seed=3)
+    _toy(tmp_path / "extension.parquet", 10_000, HIGH, seed=4)
+    import pyarrow.parquet as pq
+
+    full = pq.read_table(extend_sm(tmp_path / "base.parquet", tmp_path / "extension.parquet",
+                                   tmp_path / "full.parquet", batch_rows=7_000).path)
+    report = extend_sm(tmp_path / "base.parquet", tmp_path / "extension.parquet",
+                       tmp_path / "window.parquet", batch_rows=7_000, sdmass_range=(20.0, 500.0))
+    window = pq.read_table(report.path)
+    sdmass = full["jet_sdmass"].to_numpy()
+    inside = (sdmass > 20.0) & (sdmass < 500.0)
+    assert 0 < inside.sum() < len(full)  # the toy has jets on both sides
+    assert window.num_rows == inside.sum() == report.base_jets + report.extension_jets
+    assert report.base_jets == int(inside[:20_000].sum())
+    for name in ("event_id", "jet_sdmass", "weight"):
+        np.testing.assert_array_equal(window[name].to_numpy(), full[name].to_numpy()[inside])
 
 
 def test_incompatible_samples_are_refused_by_name(tmp_path):

@@ -20,7 +20,10 @@ two are combined without bias:
 A base event's pTHat follows from its weight, ``p = a (C_base / w)^(1 / k)`` (the Pythia event
 weight is ``(pTHatMin / pTHat)^k``), so the combination needs a biased base sample (k > 0).
 Extension events get event ids after the base's. The output is written atomically, row group by
-row group (the files carry constituents and are GB-sized).
+row group (the files carry constituents and are GB-sized). With ``sdmass_range`` only the jets
+with low < mSD < high GeV are written (``sophon package`` keeps no other, so scoring them would
+be wasted; about half the jets of the default's samples lie outside 20-500 GeV); weights are
+per event, so a jet's weight does not depend on which of its event's jets are kept.
 """
 
 from __future__ import annotations
@@ -88,10 +91,20 @@ def _scaled(batch: pa.RecordBatch, factors: dict[str, np.ndarray]) -> pa.RecordB
     return batch.set_column(position, batch.schema.field(position), pa.array(weight * scale))
 
 
+def _inside(batch: pa.RecordBatch, sdmass_range: tuple[float, float] | None) -> pa.RecordBatch:
+    """The rows of ``batch`` with low < jet_sdmass < high (GeV); all when ``sdmass_range`` is None."""
+    if sdmass_range is None:
+        return batch
+    sdmass = batch.column(batch.schema.get_field_index("jet_sdmass")).to_numpy()
+    return batch.filter(pa.array((sdmass > sdmass_range[0]) & (sdmass < sdmass_range[1])))
+
+
 def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
-              output: str | os.PathLike, *, batch_rows: int = 20_000) -> ExtensionReport:
+              output: str | os.PathLike, *, batch_rows: int = 20_000,
+              sdmass_range: tuple[float, float] | None = None) -> ExtensionReport:
     """Write ``output``: the SM sample ``base_path`` combined with the extension sample
-    ``extension_path`` (see the module docstring for the weights)."""
+    ``extension_path`` (see the module docstring for the weights), only the jets with
+    low < mSD < high GeV when ``sdmass_range`` is given. The report counts the jets written."""
     base_path, extension_path, output = Path(base_path), Path(extension_path), Path(output)
     base, extension = read_generation_metadata(base_path), read_generation_metadata(extension_path)
     _check_compatible(base_path, base, extension_path, extension)
@@ -113,6 +126,8 @@ def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
     base_file, extension_file = pq.ParquetFile(base_path), pq.ParquetFile(extension_path)
     if extension_file.schema_arrow.remove_metadata() != base_file.schema_arrow.remove_metadata():
         raise ValueError(f"{extension_path}: columns differ from {base_path}")
+    if sdmass_range is not None and "jet_sdmass" not in base_file.schema_arrow.names:
+        raise ValueError(f"{base_path}: no 'jet_sdmass' column for the mSD window")
     event_offset = int(pq.read_table(base_path, columns=["event_id"])["event_id"]
                        .to_numpy().max(initial=-1)) + 1
     metadata = {**base, "extension": {
@@ -120,18 +135,23 @@ def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
         "n_events": extension["n_events"], "processes": extension["processes"],
         "event_id_offset": event_offset, "overlap_ratio": ratios,
         "chunks": extension["chunks"], "weight": "above the extension's pTHatMin, every event "
-        "of an extended process weighs 1 / (1 / w_base(pTHat) + 1 / w_ext(pTHat))"}}
+        "of an extended process weighs 1 / (1 / w_base(pTHat) + 1 / w_ext(pTHat))",
+        "sdmass_window_gev": None if sdmass_range is None else list(sdmass_range)}}
     schema = with_metadata(base_file.schema_arrow.empty_table(), metadata,
                            luminosity_fb=base["luminosity_fb"]).schema
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_beside(output)
     writer = pq.ParquetWriter(temporary, schema, compression="zstd",
                               use_compliant_nested_type=False)  # keep "item"
+    written = {"base": 0, "extension": 0}
     try:
         for batch in base_file.iter_batches(batch_size=batch_rows):
+            batch = _inside(batch, sdmass_range)
             writer.write_batch(_scaled(batch, base_factors).cast(schema))
+            written["base"] += batch.num_rows
         for batch in extension_file.iter_batches(batch_size=batch_rows):
-            batch = _scaled(batch, extension_factors)
+            batch = _scaled(_inside(batch, sdmass_range), extension_factors)
+            written["extension"] += batch.num_rows
             position = batch.schema.get_field_index("event_id")
             ids = batch.column(position).to_numpy() + event_offset
             batch = batch.set_column(position, batch.schema.field(position), pa.array(ids))
@@ -142,12 +162,15 @@ def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
         writer.close()
         temporary.unlink(missing_ok=True)
         raise
-    return ExtensionReport(output, base_file.metadata.num_rows,
-                           extension_file.metadata.num_rows, ratios)
+    return ExtensionReport(output, written["base"], written["extension"], ratios)
 
 
 def _main(args: argparse.Namespace) -> int:
-    report = extend_sm(args.base, args.extension, args.output)
+    window = None if args.sdmass_window is None else tuple(args.sdmass_window)
+    if window is not None and not window[0] < window[1]:
+        raise SystemExit(f"--sdmass-window {window[0]:g} {window[1]:g}: the low edge must be "
+                         "below the high one")
+    report = extend_sm(args.base, args.extension, args.output, sdmass_range=window)
     print(f"wrote {report.path}: {report.base_jets} jets of {args.base} and "
           f"{report.extension_jets} of {args.extension}; base events above the extension's "
           "pTHatMin scaled by " + ", ".join(f"{name} {ratio / (1 + ratio):.4f}"
@@ -163,4 +186,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("extension", type=Path,
                         help="SM.parquet of the same settings from a higher --pt-hat-min")
     parser.add_argument("-o", "--output", required=True, type=Path, help="combined SM.parquet")
+    parser.add_argument("--sdmass-window", type=float, nargs=2, default=None,
+                        metavar=("LOW", "HIGH"), help="write only jets with LOW < mSD < HIGH GeV "
+                        "(sophon package keeps 20-500 GeV: the others need no scoring)")
     parser.set_defaults(handler=_main)
