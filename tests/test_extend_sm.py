@@ -107,6 +107,26 @@ def test_the_msd_window_writes_the_jets_inside_it_with_the_weights_of_the_full_c
         np.testing.assert_array_equal(window[name].to_numpy(), full[name].to_numpy()[inside])
 
 
+def test_a_reversed_window_or_a_sample_without_msd_is_refused_by_name(tmp_path, capsys):
+    from sophon.cli import main
+
+    _toy(tmp_path / "base.parquet", 1_000, LOW, seed=5)
+    _toy(tmp_path / "extension.parquet", 1_000, HIGH, seed=6)
+    output = tmp_path / "combined.parquet"
+    assert main(["extend-sm", str(tmp_path / "base.parquet"), str(tmp_path / "extension.parquet"),
+                 "-o", str(output), "--sdmass-window", "500", "20"]) == 2
+    assert "--sdmass-window 500 20: the low edge must be below the high one" in capsys.readouterr().err
+    import pyarrow.parquet as pq
+
+    for name in ("base", "extension"):  # the same columns, neither with jet_sdmass
+        table = pq.read_table(tmp_path / f"{name}.parquet")
+        pq.write_table(table.drop_columns(["jet_sdmass"]), tmp_path / f"{name}.parquet")
+    with pytest.raises(ValueError, match=r"base\.parquet: no 'jet_sdmass' column"):
+        extend_sm(tmp_path / "base.parquet", tmp_path / "extension.parquet", output,
+                  sdmass_range=(20.0, 500.0))
+    assert not output.exists()
+
+
 def test_incompatible_samples_are_refused_by_name(tmp_path):
     _toy(tmp_path / "base.parquet", 1000, LOW, seed=1)
     _toy(tmp_path / "lower.parquet", 1000, 150.0, seed=2)

@@ -168,7 +168,7 @@ def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
 def _main(args: argparse.Namespace) -> int:
     window = None if args.sdmass_window is None else tuple(args.sdmass_window)
     if window is not None and not window[0] < window[1]:
-        raise SystemExit(f"--sdmass-window {window[0]:g} {window[1]:g}: the low edge must be "
+        raise ValueError(f"--sdmass-window {window[0]:g} {window[1]:g}: the low edge must be "
                          "below the high one")
     report = extend_sm(args.base, args.extension, args.output, sdmass_range=window)
     print(f"wrote {report.path}: {report.base_jets} jets of {args.base} and "
