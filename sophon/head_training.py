@@ -161,7 +161,8 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
         optimizer, lambda step: math.exp(math.log(0.01) * min(step, total_steps) / total_steps))
 
     def validate(epoch: int, loss: float) -> dict:
-        probabilities = head_probabilities(model, sample.latents[validation])  # head.eval()
+        # head_probabilities puts the head in eval mode (no dropout); each epoch sets train()
+        probabilities = head_probabilities(model, sample.latents[validation])
         record = {"epoch": epoch, "loss": loss,
                   **validation_record(probabilities, sample.labels[validation],
                                        validation_weights),
