@@ -60,7 +60,7 @@ from sophon.cli import report_json
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
 from sophon.labels import N_CLASSES, REWEIGHT_GROUP_OF_CLASS, REWEIGHT_GROUPS
 from sophon.model import (SophonConfig, SophonModel, count_parameters, freeze_batch_norms,
-                          load_checkpoint, save_checkpoint, sophon_config)
+                          load_checkpoint, load_checkpoint_file, save_checkpoint, sophon_config)
 from sophon.scoring import resolve_device, resolve_precision
 from sophon.tagging import class_accuracies, selection_score, tagging_figures
 
@@ -115,6 +115,7 @@ class TrainingOptions:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training step
     seed: int = 0
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning, annealing)
 
 
 @dataclass
@@ -407,7 +408,7 @@ class _Run:
 
     def __init__(self, options: TrainingOptions, sample: TrainingSample, device: torch.device):
         self.options = options
-        self.model = SophonModel(TRAINING_CONFIGS[options.config]).to(device)
+        self.model = _initial_model(options).to(device)
         self.optimizer = torch.optim.RAdam(self.model.parameters(), lr=options.learning_rate,
                                            betas=(0.95, 0.999), eps=1e-5)
         self.total_steps = options.epochs * max(options.samples_per_epoch // options.batch_size, 1)
@@ -454,11 +455,27 @@ class _Run:
                 torch.save(self.state(), temporary)
 
 
+def _initial_model(options: TrainingOptions) -> SophonModel:
+    """A new model of ``options.config``, or one with the weights of the checkpoint
+    ``options.init``, which must have that configuration's shape (the error names the file)."""
+    model = SophonModel(TRAINING_CONFIGS[options.config])
+    if options.init is not None:
+        weights = load_checkpoint_file(options.init).state_dict()  # names an unloadable file
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as mismatch:
+            reason = " ".join(str(mismatch).split())[:300]
+            raise ValueError(f"{options.init}: not a network of the {options.config!r} "
+                             f"configuration ({reason})") from None
+    return model
+
+
 def _warmup_steps(run: _Run) -> int:
-    """Steps with BatchNorm batch statistics: the warm-up share, and at least 20 (or all) steps
-    so that the running statistics have converged when they are frozen."""
-    return max(math.ceil(run.options.batch_norm_warmup * run.total_steps),
-               min(run.total_steps, 20))
+    """Steps with BatchNorm batch statistics: the warm-up share, and for a new model at least 20
+    (or all) steps so that the running statistics have converged when they are frozen (a model
+    from ``init`` brings converged ones, so a warm-up of 0 keeps them frozen from the start)."""
+    floor = 0 if run.options.init is not None else min(run.total_steps, 20)
+    return max(math.ceil(run.options.batch_norm_warmup * run.total_steps), floor)
 
 
 def _train_mode(run: _Run) -> None:
@@ -649,7 +666,8 @@ def _main(args: argparse.Namespace) -> int:
                               max_draws_per_jet=args.max_draws_per_jet,
                               reweight_percentile=args.reweight_percentile,
                               batch_norm_warmup=args.batch_norm_warmup, device=args.device,
-                              precision=args.precision, compile=args.compile, seed=args.seed)
+                              precision=args.precision, compile=args.compile, seed=args.seed,
+                              init=None if args.init is None else str(args.init))
     state = args.resume or args.state or Path("build") / "train-state" / (args.output.stem + ".pt")
     sample = cached_training_sample(args.inputs, Path(state).with_suffix(".sample"))
     summary = train(sample, args.output, options, state_path=state,
@@ -712,4 +730,8 @@ def register_cli(subparsers) -> None:
                         help="continue from this state file (and keep writing it)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop cleanly after this many minutes; resume later with --resume")
+    parser.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start from this checkpoint's weights (same --config), e.g. to "
+                             "anneal a model further on new jets; with --batch-norm-warmup 0 "
+                             "its BatchNorm statistics stay frozen")
     parser.set_defaults(handler=_main)

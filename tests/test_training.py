@@ -188,6 +188,32 @@ def test_a_stopped_training_resumes_where_it_stopped(reference_dir, tmp_path):
         train(sample, tmp_path / "parts.pt", other, state_path=parts, resume=True)
 
 
+def test_training_can_start_from_a_checkpoint(reference_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    from sophon.manifest import DEFAULT_MODELS
+
+    shipped = DEFAULT_MODELS / "sophon-small-v2.pt"
+    sample = load_training_sample([reference_dir / "JetClassII_example.parquet"])
+    # a learning rate of zero and no BatchNorm warm-up: the kept checkpoint is the initial one,
+    # to the bit (a fresh model, or BatchNorm statistics updated over 20 warm-up steps, is not)
+    options = TrainingOptions(config="small", epochs=1, samples_per_epoch=64, batch_size=16,
+                              learning_rate=0.0, batch_norm_warmup=0.0, device="cpu", seed=2,
+                              init=str(shipped))
+    train(sample, tmp_path / "same.pt", options, log=lambda *_: None)
+    initial = torch.load(shipped, weights_only=True)
+    kept = torch.load(tmp_path / "same.pt", weights_only=True)
+    assert kept.keys() == initial.keys()
+    for key, value in initial.items():
+        torch.testing.assert_close(kept[key], value, rtol=0, atol=0, msg=key)
+    # the file and the configuration are checked, and named
+    compact = TrainingOptions(**{**options.__dict__, "config": "compact"})
+    with pytest.raises(ValueError, match="sophon-small-v2.pt.*'compact'"):
+        train(sample, tmp_path / "other.pt", compact, log=lambda *_: None)
+    missing = TrainingOptions(**{**options.__dict__, "init": str(tmp_path / "none.pt")})
+    with pytest.raises(ValueError, match="none.pt: no such model checkpoint"):
+        train(sample, tmp_path / "other.pt", missing, log=lambda *_: None)
+
+
 def test_the_training_sample_cache_is_exact_and_follows_its_files(reference_dir, tmp_path):
     import shutil
 
