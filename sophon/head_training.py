@@ -19,6 +19,12 @@ is never worse than the input on that measure. The QCD rejections of A1, A2 and 
 too, but not used to choose: at 60 % signal efficiency they rest on 10-60 passing QCD jets of the
 held-out tenth, and their noise (a third for A2) would pick a lucky epoch, not a better head.
 
+Two options go beyond the published recipe. ``tail_weight`` adds the tracked presets' own
+signal-vs-QCD binary cross-entropy (:func:`sophon.training.preset_tail_terms`) to the loss, and
+the held-out objective that chooses the head is then that sum; ``with_new_head`` (``--head-widths``)
+replaces the checkpoint's head by a fresh one of other widths over the same backbone, trained
+from scratch on the same latents.
+
 The latents are computed as ``sophon score`` computes a dataset's (:func:`sophon.scorers.
 load_scorer`: on the CPU the checkpoint's exported graph in onnxruntime) and cached per input file
 (``--cache``; keyed by the file's path, size and modification time and the checkpoint's sha256),
@@ -34,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +51,10 @@ from sophon.atomic import atomic_output
 from sophon.model import SophonModel, head_probabilities, load_checkpoint, save_checkpoint
 from sophon.scorers import Scorer, load_scorer
 from sophon.training import (REWEIGHT_PERCENTILE, acceptance, epoch_jets, load_training_sample,
-                             validation_record, validation_split)
+                             preset_tail_terms, validation_record, validation_split)
 
-__all__ = ["HeadTrainingOptions", "LatentSample", "frozen_latents", "train_head", "register_cli"]
+__all__ = ["HeadTrainingOptions", "LatentSample", "frozen_latents", "with_new_head", "train_head",
+           "register_cli"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class HeadTrainingOptions:
     validation_fraction: float = 0.1
     max_draws_per_jet: float = 20.0  # expected draws of any one jet over the whole training
     reweight_percentile: float = REWEIGHT_PERCENTILE
+    tail_weight: float = 0.0  # weight of the presets' binary loss beside the cross-entropy
+    tail_focus: float = 0.0  # its QCD terms weighted by D^tail_focus
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,6 +80,9 @@ class HeadTrainingOptions:
         if not (self.learning_rate >= 0 and self.max_draws_per_jet > 0):
             raise ValueError(f"learning_rate must be >= 0 and max_draws_per_jet > 0, not "
                              f"{self.learning_rate} and {self.max_draws_per_jet}")
+        if not (self.tail_weight >= 0 and self.tail_focus >= 0):
+            raise ValueError(f"tail_weight and tail_focus must be >= 0, not {self.tail_weight} "
+                             f"and {self.tail_focus}")
 
 
 @dataclass
@@ -130,6 +142,22 @@ def frozen_latents(scorer: Scorer, files: Sequence[str | os.PathLike], *,
                         sources=[str(f) for f in files])
 
 
+def with_new_head(model: SophonModel, widths: Sequence[int], *, seed: int = 0) -> SophonModel:
+    """A copy of ``model`` with a freshly initialised head of hidden ``widths`` (each a Linear,
+    ReLU and dropout 0.1, as the published head's one layer of 512) and the same backbone,
+    weights copied: a wider head than the checkpoint's for :func:`train_head` to train from
+    scratch on the latents, which it reads unchanged."""
+    if not widths or any(int(w) < 1 for w in widths):
+        raise ValueError(f"head widths must be positive integers, not {list(widths)}")
+    config = replace(model.config, fc_params=tuple((int(w), 0.1) for w in widths))
+    torch.manual_seed(seed)
+    fresh = SophonModel(config)
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("mod.fc.")}
+    missing, unexpected = fresh.load_state_dict(backbone, strict=False)
+    assert not unexpected and all(k.startswith("mod.fc.") for k in missing)
+    return fresh
+
+
 def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLike,
                options: HeadTrainingOptions = HeadTrainingOptions(), *, log=print) -> dict:
     """Retrain ``model``'s head (``model.mod.fc``, in place) on ``sample``; the best head by the
@@ -149,6 +177,7 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
 
     draw, validation_weights = draw_probabilities(training), draw_probabilities(validation)
     latents, labels = torch.from_numpy(sample.latents), torch.from_numpy(sample.labels)
+    validation_tensor = torch.from_numpy(validation)
     head = model.mod.fc
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -160,6 +189,15 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: math.exp(math.log(0.01) * min(step, total_steps) / total_steps))
 
+    def objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each jet's loss, (B,): the cross-entropy, plus the presets' binary terms when
+        ``tail_weight`` > 0."""
+        loss = F.cross_entropy(logits, targets, reduction="none")
+        if options.tail_weight:
+            loss = loss + options.tail_weight * preset_tail_terms(logits, targets,
+                                                                  focus=options.tail_focus)
+        return loss
+
     def validate(epoch: int, loss: float) -> dict:
         # head_probabilities puts the head in eval mode (no dropout); each epoch sets train()
         probabilities = head_probabilities(model, sample.latents[validation])
@@ -167,6 +205,14 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
                   **validation_record(probabilities, sample.labels[validation],
                                        validation_weights),
                   "learning_rate": scheduler.get_last_lr()[0]}
+        if options.tail_weight:
+            # the objective trained on, under the same draw weights, is what chooses the head
+            with torch.no_grad():
+                terms = objective(head(latents[validation_tensor]), labels[validation_tensor])
+            record["validation_objective"] = float(
+                (terms.numpy() * validation_weights).sum() / validation_weights.sum())
+        else:
+            record["validation_objective"] = record["validation_loss"]
         rejections = ", ".join(f"{name.split(':')[0]} {entry['60%']['rejection']:.0f}"
                                for name, entry in record["tagging"].items())
         log(f"epoch {epoch}: loss {loss:.4f} (validation {record['validation_loss']:.4f}), "
@@ -174,7 +220,7 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
         return record
 
     history = [validate(0, float("nan"))]
-    best = history[0]["validation_loss"]
+    best = history[0]["validation_objective"]
     save_checkpoint(model, output)
     for epoch in range(1, options.epochs + 1):
         rng = np.random.default_rng([options.seed, epoch, 2])
@@ -183,15 +229,15 @@ def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLi
         head.train()
         total, batches = 0.0, 0
         for batch in chosen.split(options.batch_size):
-            loss = F.cross_entropy(head(latents[batch]), labels[batch])
+            loss = objective(head(latents[batch]), labels[batch]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             total, batches = total + float(loss.detach()), batches + 1
         record = validate(epoch, total / max(batches, 1))
-        if record["validation_loss"] < best:
-            best = record["validation_loss"]
+        if record["validation_objective"] < best:
+            best = record["validation_objective"]
             record["best"] = True
             save_checkpoint(model, output)
         history.append(record)
@@ -210,13 +256,28 @@ def _main(args: argparse.Namespace) -> int:
     options = HeadTrainingOptions(epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
                                   batch_size=args.batch_size, learning_rate=args.learning_rate,
                                   validation_fraction=args.validation_fraction,
-                                  max_draws_per_jet=args.max_draws_per_jet, seed=args.seed)
+                                  max_draws_per_jet=args.max_draws_per_jet,
+                                  tail_weight=args.tail_weight, tail_focus=args.tail_focus,
+                                  seed=args.seed)
     scorer = load_scorer(args.model, device=args.device, precision="fp32")
     sample = frozen_latents(scorer, args.inputs, cache=args.cache)
     torch.set_num_threads(max(os.cpu_count() or 1, 1))  # as in sophon train: a CPU training
-    summary = train_head(load_checkpoint(args.model), sample, args.output, options)
+    model = load_checkpoint(args.model)
+    if args.head_widths:
+        model = with_new_head(model, args.head_widths, seed=args.seed)
+    summary = train_head(model, sample, args.output, options)
     print(f"best epoch {summary['best_epoch']}; checkpoint {args.output}")
     return 0
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated widths, e.g. 512,256") from None
+    if not widths or min(widths) < 1 or max(widths) > 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: widths must lie in 1..4096")
+    return widths
 
 
 def register_cli(subparsers) -> None:
@@ -238,6 +299,14 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--max-draws-per-jet", type=float,
                         default=HeadTrainingOptions.max_draws_per_jet,
                         help="expected draws of any jet over the whole training")
+    parser.add_argument("--tail-weight", type=float, default=HeadTrainingOptions.tail_weight,
+                        help="weight of the presets' binary signal-vs-QCD loss beside the "
+                             "cross-entropy (0: cross-entropy alone)")
+    parser.add_argument("--tail-focus", type=float, default=HeadTrainingOptions.tail_focus,
+                        help="weigh each QCD jet's binary term by D^focus (focal on QCD)")
+    parser.add_argument("--head-widths", type=_widths, default=None, metavar="WIDTHS",
+                        help="train a new head of these hidden widths from scratch instead of "
+                             "the checkpoint's, e.g. 512 (the published head) or 512,256")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder for the latents of each input (reused by later runs)")

@@ -58,16 +58,19 @@ import torch.nn.functional as F
 from sophon.atomic import atomic_output
 from sophon.cli import report_json
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
-from sophon.labels import N_CLASSES, REWEIGHT_GROUP_OF_CLASS, REWEIGHT_GROUPS
+from sophon.labels import (FAMILIES, FAMILY_OF_CLASS, N_CLASSES, REWEIGHT_GROUP_OF_CLASS,
+                           REWEIGHT_GROUPS)
 from sophon.model import (SophonConfig, SophonModel, count_parameters, freeze_batch_norms,
                           load_checkpoint, load_checkpoint_file, save_checkpoint, sophon_config)
 from sophon.scoring import resolve_device, resolve_precision
-from sophon.tagging import class_accuracies, selection_score, tagging_figures
+from sophon.discriminant import PRESETS
+from sophon.tagging import (TAGGING_PRESETS, class_accuracies, selection_score,
+                            tagging_figures)
 
 __all__ = ["TRAINING_CONFIGS", "CLASS_WEIGHTS", "PT_EDGES", "SDMASS_EDGES", "TrainingOptions",
            "TrainingSample", "load_training_sample", "cached_training_sample", "flattening_factors", "acceptance",
            "epoch_jets", "bucketed", "validation_split", "validation_record", "train", "evaluate",
-           "evaluate_with_latents", "evaluate_model", "register_cli"]
+           "evaluate_with_latents", "evaluate_model", "preset_tail_terms", "register_cli"]
 
 TRAINING_CONFIGS: dict[str, SophonConfig] = {
     "sophon": sophon_config(),
@@ -116,6 +119,8 @@ class TrainingOptions:
     compile: bool = False  # torch.compile the training step
     seed: int = 0
     init: str | None = None  # start from this checkpoint's weights (fine-tuning, annealing)
+    tail_weight: float = 0.0  # weight of the presets' binary loss (preset_tail_terms)
+    tail_focus: float = 0.0  # its QCD terms weighted by D^tail_focus
 
 
 @dataclass
@@ -386,6 +391,45 @@ def validation_record(probabilities: np.ndarray, labels: np.ndarray,
             "tagging": figures, "selection_score": selection_score(figures)}
 
 
+def preset_tail_terms(logits: torch.Tensor, labels: torch.Tensor, *, focus: float = 0.0,
+                     presets: Sequence[str] = TAGGING_PRESETS) -> torch.Tensor:
+    """The tracked presets' own question, as a loss beside the 188-class cross-entropy.
+
+    For each preset, D = g_A / (g_A + g_QCD) has log-odds z = log g_A - log g_QCD (computed
+    from the logits, so it never saturates); the jets of its numerator classes are its signal
+    (target 1), the QCD jets its background (target 0), other jets do not enter. Each QCD jet's
+    term is weighted by D^focus (a focal loss on the background alone, detached from the
+    gradient): with ``focus`` > 0 the QCD jets that already look like signal, those that pass
+    the tight cuts, dominate, which is the tail the summed spectra at eps ~ 1e-4 rest on.
+    Returns each jet's sum over presets of its binary cross-entropy terms, (B,), for ``logits``
+    (B, 188) and ``labels`` (B,); the mean over a batch is the loss."""
+    masks = _preset_class_masks(tuple(presets), logits.device)
+    qcd = logits.masked_fill(~masks["QCD"], -math.inf).logsumexp(dim=1)
+    total = logits.new_zeros(len(labels))
+    for name in presets:
+        numerator = masks[name]
+        z = logits.masked_fill(~numerator, -math.inf).logsumexp(dim=1) - qcd
+        signal, background = numerator[labels], masks["QCD"][labels]
+        weight = torch.sigmoid(z.detach()).pow(focus) if focus else torch.ones_like(z)
+        terms = torch.where(signal, F.softplus(-z), torch.where(background, weight * F.softplus(z),
+                                                                 torch.zeros_like(z)))
+        total = total + terms
+    return total
+
+
+def _preset_class_masks(presets: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+    """(188,) bool masks: each preset's numerator classes (unit weights: the tracked presets
+    have no other) and, under "QCD", the 27 QCD classes."""
+    masks = {"QCD": torch.from_numpy(FAMILY_OF_CLASS == FAMILIES.index("QCD"))}
+    for name in presets:
+        weights = PRESETS[name].numerator_weights
+        if not np.all(np.isin(weights, (0.0, 1.0))):
+            raise ValueError(f"preset {name!r} weighs its classes; the tail loss takes unit "
+                             f"weights")
+        masks[name] = torch.from_numpy(weights > 0)
+    return {name: mask.to(device) for name, mask in masks.items()}
+
+
 # --- the training loop ------------------------------------------------------------------------------
 
 
@@ -579,7 +623,11 @@ def _step_function(run: _Run, precision: torch.dtype, device: torch.device):
     def forward_loss(features, vectors, mask, labels):
         with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
             logits, _ = model.logits_and_latent(features, vectors, mask)
-        return F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels)
+        if run.options.tail_weight:
+            loss = loss + run.options.tail_weight * preset_tail_terms(
+                logits.float(), labels, focus=run.options.tail_focus).mean()
+        return loss
 
     if run.options.compile:
         forward_loss = torch.compile(forward_loss, dynamic=False)
@@ -667,7 +715,8 @@ def _main(args: argparse.Namespace) -> int:
                               reweight_percentile=args.reweight_percentile,
                               batch_norm_warmup=args.batch_norm_warmup, device=args.device,
                               precision=args.precision, compile=args.compile, seed=args.seed,
-                              init=None if args.init is None else str(args.init))
+                              init=None if args.init is None else str(args.init),
+                              tail_weight=args.tail_weight, tail_focus=args.tail_focus)
     state = args.resume or args.state or Path("build") / "train-state" / (args.output.stem + ".pt")
     sample = cached_training_sample(args.inputs, Path(state).with_suffix(".sample"))
     summary = train(sample, args.output, options, state_path=state,
@@ -734,4 +783,9 @@ def register_cli(subparsers) -> None:
                         help="start from this checkpoint's weights (same --config), e.g. to "
                              "anneal a model further on new jets; with --batch-norm-warmup 0 "
                              "its BatchNorm statistics stay frozen")
+    parser.add_argument("--tail-weight", type=float, default=0.0,
+                        help="add the presets' binary signal-vs-QCD loss with this weight to the "
+                             "cross-entropy (0: cross-entropy alone)")
+    parser.add_argument("--tail-focus", type=float, default=0.0,
+                        help="weigh each QCD jet's binary term by D^focus (focal on QCD)")
     parser.set_defaults(handler=_main)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sophon.head_training import (HeadTrainingOptions, LatentSample,  # noqa: E402
-                                  frozen_latents, train_head)
+                                  frozen_latents, train_head, with_new_head)
 from sophon.labels import index_of  # noqa: E402
 from sophon.model import (SophonModel, head_probabilities, load_checkpoint,  # noqa: E402
                           save_checkpoint)
@@ -74,6 +74,26 @@ def test_a_head_that_cannot_improve_keeps_the_starting_one(tmp_path, torch_one_t
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0)
 
 
+def test_a_new_wider_head_learns_from_scratch_over_the_same_backbone(tmp_path, torch_one_thread):
+    torch.manual_seed(7)
+    model = SophonModel(TRAINING_CONFIGS["small"])
+    wide = with_new_head(model, (96, 48), seed=2)
+    assert wide.config.fc_params == ((96, 0.1), (48, 0.1))
+    for key, value in model.state_dict().items():
+        if not key.startswith("mod.fc."):  # the backbone is copied to the bit
+            torch.testing.assert_close(wide.state_dict()[key], value, rtol=0, atol=0)
+    sample = _blob_sample(500, seed=4)
+    summary = train_head(wide, sample, tmp_path / "wide.pt", HeadTrainingOptions(
+        epochs=6, samples_per_epoch=1600, batch_size=32, learning_rate=1e-2,
+        validation_fraction=0.25), log=lambda *_: None)
+    assert summary["history"][summary["best_epoch"]]["validation_accuracy"]["all classes"] > 0.9
+    saved = load_checkpoint(tmp_path / "wide.pt")  # its shape read back from the weights
+    assert saved.config.fc_params == ((96, 0.1), (48, 0.1))
+    assert np.mean(head_probabilities(saved, sample.latents).argmax(axis=1) == sample.labels) > 0.9
+    with pytest.raises(ValueError, match="head widths must be positive"):
+        with_new_head(model, (0,))
+
+
 def test_frozen_latents_are_the_models_and_their_cache_follows_the_file(reference_dir, tmp_path,
                                                                       torch_one_thread):
     from sophon.scorers import load_scorer
@@ -100,8 +120,25 @@ def test_frozen_latents_are_the_models_and_their_cache_follows_the_file(referenc
     assert len(changed) == len(load_training_sample([source])) < len(direct)
 
 
+def test_a_tail_weighted_head_is_chosen_by_the_objective_it_trains(tmp_path, torch_one_thread):
+    torch.manual_seed(6)
+    model = SophonModel(TRAINING_CONFIGS["small"])
+    sample = _blob_sample(400, seed=3)
+    options = HeadTrainingOptions(epochs=4, samples_per_epoch=1600, batch_size=32,
+                                  learning_rate=1e-2, validation_fraction=0.25, tail_weight=2.0,
+                                  tail_focus=1.0)
+    summary = train_head(model, sample, tmp_path / "tail.pt", options, log=lambda *_: None)
+    history = summary["history"]
+    # the binary terms are cross-entropies, never negative: the objective is at least the loss
+    assert all(r["validation_objective"] > r["validation_loss"] for r in history)
+    best = history[summary["best_epoch"]]
+    assert best["validation_objective"] == min(r["validation_objective"] for r in history)
+    assert best["validation_objective"] < 0.2 * history[0]["validation_objective"]
+
+
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": -1}, {"validation_fraction": 1.0},
-                                 {"learning_rate": float("nan")}, {"max_draws_per_jet": 0}])
+                                 {"learning_rate": float("nan")}, {"max_draws_per_jet": 0},
+                                 {"tail_weight": -1.0}, {"tail_focus": float("nan")}])
 def test_options_out_of_range_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         HeadTrainingOptions(**bad)

@@ -9,7 +9,7 @@ from sophon.model import masked_batch_norm
 from sophon.tagging import background_rejection, selection_score, tagging_figures
 from sophon.training import (CLASS_WEIGHTS, TRAINING_CONFIGS, TrainingOptions, acceptance,
                              bucketed, epoch_jets, evaluate, evaluate_model, flattening_factors,
-                             load_training_sample, train)
+                             load_training_sample, preset_tail_terms, train)
 
 
 def test_flattening_caps_sparse_cells_and_thins_dense_ones():
@@ -127,6 +127,37 @@ def test_tagging_figures_of_a_known_tagger():
     assert selection_score({"A2": figures}) == pytest.approx(100.0)
 
 
+def test_the_tail_loss_is_each_presets_binary_cross_entropy():
+    """Known answers from a probability vector written by hand: g_cs = 0.2, g_bb = 0.1,
+    g_QCD = 0.4 over the 27 QCD classes, the six A3 classes 0.02 each, the rest spread evenly."""
+    import torch
+
+    from sophon.discriminant import PRESETS
+    from sophon.labels import FAMILIES, FAMILY_OF_CLASS
+
+    qcd = FAMILY_OF_CLASS == FAMILIES.index("QCD")
+    a3 = PRESETS["A3: X->b q q"].numerator_weights > 0
+    p = np.zeros(188)
+    p[qcd] = 0.4 / qcd.sum()
+    p[a3] = 0.02
+    p[index_of("X_cs")], p[index_of("X_bb")] = 0.2, 0.1
+    rest = p == 0
+    p[rest] = (1 - p.sum()) / rest.sum()
+    g_a3 = 0.02 * a3.sum()
+    d = {"A1": 0.2 / 0.6, "A2": 0.1 / 0.5, "A3": g_a3 / (g_a3 + 0.4)}
+    logits = torch.tensor(np.log(np.tile(p, (3, 1))) + 7.0,  # unnormalised
+                          requires_grad=True)
+    labels = torch.tensor([index_of("X_cs"), index_of("QCD_light"), index_of("X_gg")])
+    for focus in (0.0, 2.0):
+        terms = preset_tail_terms(logits, labels, focus=focus).detach().numpy()
+        assert terms[0] == pytest.approx(-np.log(d["A1"]))  # signal of A1 only
+        assert terms[1] == pytest.approx(sum(-np.log(1 - v) * v ** focus for v in d.values()))
+        assert terms[2] == 0.0  # X->gg is neither a preset's signal nor QCD
+    preset_tail_terms(logits, labels).sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0].abs().sum() > 0
+    assert logits.grad[2].abs().sum() == 0
+
+
 def test_training_learns_and_keeps_a_loadable_best_checkpoint(reference_dir, tmp_path):
     sample = load_training_sample([reference_dir / "JetClassII_example.parquet"])
     assert 0 < len(sample) <= 100
@@ -205,6 +236,13 @@ def test_training_can_start_from_a_checkpoint(reference_dir, tmp_path):
     assert kept.keys() == initial.keys()
     for key, value in initial.items():
         torch.testing.assert_close(kept[key], value, rtol=0, atol=0, msg=key)
+    # the presets' loss reaches the training loss: the same model on the same batches (zero
+    # learning rate, same seed) has a larger loss by the binary terms, which are never negative
+    plain = train(sample, tmp_path / "plain.pt", options, log=lambda *_: None)
+    tail = train(sample, tmp_path / "tail.pt", TrainingOptions(**{**options.__dict__,
+                                                                   "tail_weight": 1.0}),
+                 state_path=tmp_path / "tail-state.pt", log=lambda *_: None)
+    assert tail["history"][-1]["loss"] > plain["history"][-1]["loss"] + 0.01
     # the file and the configuration are checked, and named
     compact = TrainingOptions(**{**options.__dict__, "config": "compact"})
     with pytest.raises(ValueError, match="sophon-small-v2.pt.*'compact'"):
