@@ -22,9 +22,11 @@ def _true_events_above(p: float) -> float:
     return TRUE_EVENTS * (p / LOW) ** (1.0 - SPECTRUM)
 
 
-def _toy(path, n_events: int, pt_hat_min: float, seed: int, event_ids_from: int = 0):
+def _toy(path, n_events: int, pt_hat_min: float, seed: int, event_ids_from: int = 0,
+         sample_pt_hat_min: float | None = None):
     """``n_events`` events of one QCD-like process from ``pt_hat_min``, weighted as the SM
-    generator weights them; returns their pTHat."""
+    generator weights them; returns their pTHat. With ``sample_pt_hat_min`` the metadata says the
+    sample's cut was that and QCD's own cut ``pt_hat_min`` (a per-process cut)."""
     rng = np.random.default_rng(seed)
     # biased generation: density ~ p^-SPECTRUM (p / pt_hat_min)^POWER
     pt_hat = pt_hat_min * rng.random(n_events) ** (-1.0 / (SPECTRUM - 1.0 - POWER))
@@ -35,9 +37,12 @@ def _toy(path, n_events: int, pt_hat_min: float, seed: int, event_ids_from: int 
                       "jet_sdmass": rng.uniform(0.0, 600.0, n_events),
                       "process": ["QCD"] * n_events, "weight": event_weight * scale})
     metadata = {"luminosity_fb": 138.0, "bias_power": POWER, "ecm_gev": 13000.0, "mpi": False,
-                "selection": {"pt_min": 200.0}, "trigger": "toy", "pt_hat_min_gev": pt_hat_min,
+                "selection": {"pt_min": 200.0}, "trigger": "toy",
+                "pt_hat_min_gev": sample_pt_hat_min or pt_hat_min,
                 "seed": seed, "n_events": n_events, "chunks": [],
                 "processes": {"QCD": {"weight_per_unit_event_weight": scale}}}
+    if sample_pt_hat_min is not None:
+        metadata["processes"]["QCD"]["pt_hat_min_gev"] = pt_hat_min
     write_table_atomic(with_metadata(table, metadata, luminosity_fb=138.0), path)
     return pt_hat
 
@@ -87,6 +92,40 @@ def test_the_combination_is_unbiased_and_more_precise_above_the_extensions_pt_ha
                     > 2 * alone.sum() ** 2 / (alone ** 2).sum())
 
 
+def test_a_process_with_its_own_pt_hat_cut_is_combined_from_that_cut(tmp_path):
+    """The base's QCD generated from 250 GeV while the sample's cut says 200 (as `sophon
+    generate sm --process-pt-hat-min QCD=250` writes it): its pTHat is read from its weight with
+    its own cut, so the combination weighs and estimates as for a base from 250."""
+    own = 250.0
+    base_pt_hat = _toy(tmp_path / "base.parquet", 100_000, own, seed=7, sample_pt_hat_min=LOW)
+    extension_pt_hat = _toy(tmp_path / "extension.parquet", 50_000, HIGH, seed=8)
+    import json
+
+    import pyarrow.parquet as pq
+
+    report = extend_sm(tmp_path / "base.parquet", tmp_path / "extension.parquet",
+                       tmp_path / "combined.parquet")
+    weight = pq.read_table(report.path)["weight"].to_numpy()
+    pt_hat = np.concatenate([base_pt_hat, extension_pt_hat])
+    c_base, c_ext = (json.loads(pq.read_schema(tmp_path / f).metadata[b"sophon.generate"])[
+        "processes"]["QCD"]["weight_per_unit_event_weight"]
+        for f in ("base.parquet", "extension.parquet"))
+    assert report.ratios["QCD"] == pytest.approx((c_ext / c_base) * (HIGH / own) ** POWER)
+    above = pt_hat >= HIGH
+    expected = 1.0 / (1.0 / (c_base * (own / pt_hat) ** POWER)
+                      + 1.0 / (c_ext * (HIGH / pt_hat) ** POWER))
+    np.testing.assert_allclose(weight[above], expected[above], rtol=1e-9)
+    for threshold in (own, HIGH, 500.0):
+        passing = pt_hat >= threshold
+        error = np.sqrt((weight[passing] ** 2).sum())
+        assert abs(weight[passing].sum() - _true_events_above(threshold)) < 4 * error, threshold
+    # an extension whose QCD starts below the base's own QCD cut is refused, naming the process
+    _toy(tmp_path / "low.parquet", 1_000, 240.0, seed=9)
+    with pytest.raises(ValueError, match=r"low\.parquet: QCD pTHatMin 240 GeV must be above "
+                                         r"the base's 250 GeV"):
+        extend_sm(tmp_path / "base.parquet", tmp_path / "low.parquet", tmp_path / "out.parquet")
+
+
 def test_the_msd_window_writes_the_jets_inside_it_with_the_weights_of_the_full_combination(
         tmp_path):
     _toy(tmp_path / "base.parquet", 20_000, LOW, seed=3)
@@ -130,6 +169,6 @@ def test_a_reversed_window_or_a_sample_without_msd_is_refused_by_name(tmp_path, 
 def test_incompatible_samples_are_refused_by_name(tmp_path):
     _toy(tmp_path / "base.parquet", 1000, LOW, seed=1)
     _toy(tmp_path / "lower.parquet", 1000, 150.0, seed=2)
-    with pytest.raises(ValueError, match=r"lower\.parquet: pTHatMin 150.0 GeV must be above"):
+    with pytest.raises(ValueError, match=r"lower\.parquet: QCD pTHatMin 150 GeV must be above"):
         extend_sm(tmp_path / "base.parquet", tmp_path / "lower.parquet", tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()

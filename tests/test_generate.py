@@ -277,9 +277,12 @@ def test_a_failing_worker_is_reported_with_its_chunk(tmp_path):
 def test_sm_sample_weights_and_columns(tmp_path):
     report = generate_sm(tmp_path, 120, seed=3, workers=1, processes={"ttbar": 1, "Higgs": 1},
                          luminosity_fb=100.0, mpi=False, chunk_events=60, progress=False,
-                         bias_power=0.0)
+                         bias_power=0.0, process_pt_hat_min={"Higgs": 260.0})
     table = pq.read_table(report.files[0])
     meta = json.loads(table.schema.metadata[b"sophon.generate"])
+    assert meta["pt_hat_min_gev"] == 200.0  # the sample's cut, and each process's own:
+    assert {name: meta["processes"][name]["pt_hat_min_gev"] for name in ("ttbar", "Higgs")} == {
+        "ttbar": 200.0, "Higgs": 260.0}
     assert float(table.schema.metadata[b"luminosity_fb"]) == 100.0
     assert json.loads(table.schema.metadata[b"sophon"])["luminosity_fb"] == 100.0
     assert set(table["process"].to_pylist()) <= {"ttbar", "Higgs"}
@@ -296,6 +299,21 @@ def test_sm_sample_weights_and_columns(tmp_path):
     ht = table["jet_pt"].to_numpy()
     assert np.all((ht > 200) & (ht < 2500))
     assert np.all(np.abs(table["jet_eta"].to_numpy()) < 2.5)
+
+
+def test_a_process_can_have_its_own_pt_hat_cut_and_bias_reference():
+    specs = plan_sm(4000, seed=1, processes={"QCD": 3, "W+jets": 1}, pt_hat_min=200.0,
+                    process_pt_hat_min={"QCD": 250.0}, bias_power=1.5)
+    cuts = {spec.sample: {s for s in spec.settings if "pTHatMin" in s or "SelectionRef" in s}
+            for spec in specs}
+    assert cuts == {"QCD": {"PhaseSpace:pTHatMin = 250.0", "PhaseSpace:bias2SelectionRef = 250.0"},
+                    "W+jets": {"PhaseSpace:pTHatMin = 200.0",
+                               "PhaseSpace:bias2SelectionRef = 200.0"}}
+    with pytest.raises(ValueError,
+                       match=r"pTHat cut for process\(es\) \['ttbar'\] not in the sample"):
+        plan_sm(100, seed=1, processes={"QCD": 1}, process_pt_hat_min={"ttbar": 250.0})
+    with pytest.raises(ValueError, match="pTHat cuts must be positive"):
+        plan_sm(100, seed=1, processes={"QCD": 1}, process_pt_hat_min={"QCD": 0.0})
 
 
 def test_an_interrupted_sm_run_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
@@ -328,7 +346,7 @@ def test_an_interrupted_sm_run_resumes_from_its_finished_chunks(tmp_path, monkey
     assert not (tmp_path / "resumed" / driver.CHUNK_FOLDER).exists()
 
 
-def test_command_line(tmp_path):
+def test_command_line(tmp_path, capsys):
     from sophon.cli import main
 
     code = main(["generate", "training", "--events", "30", "--seed", "2", "--workers", "1",
@@ -339,6 +357,13 @@ def test_command_line(tmp_path):
     assert table.num_rows > 0 and np.all(table["jet_label"].to_numpy() < 15)
     assert main(["generate", "sm", "--events", "10", "--processes", "nope", "-o",
                  str(tmp_path)]) == 2
+    for cuts, message in (("QCD=abc", "pTHat cut of 'QCD' must be a number of GeV, not 'abc'"),
+                          ("QCD", "pTHat cut of 'QCD' must be a positive number of GeV"),
+                          ("gluino=300", "unknown process 'gluino'")):
+        capsys.readouterr()
+        assert main(["generate", "sm", "--events", "10", "--process-pt-hat-min", cuts, "-o",
+                     str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err
 
 
 # --- a two-body decay a user names (X->bs: no JetClass-II class) -------------------------------

@@ -86,6 +86,26 @@ def _shares(text: str | None, known: dict, what: str) -> dict[str, float] | None
     return shares
 
 
+def _cuts(text: str | None) -> dict[str, float] | None:
+    """``"QCD=250,ttbar=180"`` into per-process pTHat cuts in GeV (each needs its value)."""
+    if not text:
+        return None
+    cuts = {}
+    for item in text.split(","):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if name not in SM_PROCESSES:
+            raise ValueError(f"unknown process {name!r}; choose from {', '.join(SM_PROCESSES)}")
+        try:
+            cuts[name] = float(value) if equals else float("nan")
+        except ValueError:
+            raise ValueError(f"pTHat cut of {name!r} must be a number of GeV, "
+                             f"not {value!r}") from None
+        if not cuts[name] > 0:
+            raise ValueError(f"pTHat cut of {name!r} must be a positive number of GeV "
+                             f"(as {name}=250), not {value!r}")
+    return cuts
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         return _generate(args)
@@ -107,6 +127,7 @@ def _generate(args: argparse.Namespace) -> int:
         report = generate_sm(args.output, args.events,
                              processes=_shares(args.processes, SM_PROCESSES, "process"),
                              luminosity_fb=args.lumi, pt_hat_min=args.pt_hat_min,
+                             process_pt_hat_min=_cuts(args.process_pt_hat_min),
                              bias_power=args.bias_power, **common)
     print(report.summary())
     for path in report.files:
@@ -150,6 +171,9 @@ def register_cli(subparsers) -> None:
     sm.add_argument("--lumi", type=float, default=138.0, help="luminosity in fb^-1 (default 138)")
     sm.add_argument("--pt-hat-min", type=float, default=200.0,
                     help="generator pTHat cut in GeV (default 200; see docs/generation.md)")
+    sm.add_argument("--process-pt-hat-min", metavar="CUTS",
+                    help="per-process pTHat cuts in GeV replacing --pt-hat-min for those "
+                         "processes, e.g. 'QCD=250'")
     sm.add_argument("--bias-power", type=float, default=4.0,
                     help="oversample high pTHat as pTHat^power, with compensating weights "
                          "(default 4; 0 for unweighted events)")

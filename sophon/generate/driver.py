@@ -18,6 +18,7 @@ import platform
 import shutil
 import time
 import traceback
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,19 +145,38 @@ def _training_process(part: str, rng: np.random.Generator, x_mass: float | None,
     return cards.resonance_settings(part, masses), description
 
 
-def plan_sm(n_events: int, seed: int, *, processes: dict[str, float] | None = None,
-            chunk_events: int = 1000, mpi: bool = True, ecm: float = cards.DEFAULT_ECM,
-            pt_hat_min: float = cards.SM_PT_HAT_MIN, bias_power: float = cards.SM_BIAS_POWER,
-            extra_settings: tuple[str, ...] = (), batch_size: int = 100,
-            selection: JetSelection = JetSelection()) -> list[ChunkSpec]:
-    """Chunks of the SM sample: ``processes`` maps process names to shares of the events
-    (default: the cards' shares, which oversample the rare processes)."""
-    if processes is None:
-        processes = {name: card.share for name, card in cards.SM_PROCESSES.items()}
+def sm_pt_hat_minima(processes: Mapping[str, float], pt_hat_min: float,
+                     process_pt_hat_min: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each process's generator pTHat cut in GeV: ``pt_hat_min``, or its entry of
+    ``process_pt_hat_min`` (which must name processes of the sample)."""
     unknown = set(processes) - set(cards.SM_PROCESSES)
     if unknown:
         raise ValueError(f"unknown SM process(es) {sorted(unknown)}; "
                          f"choose from {sorted(cards.SM_PROCESSES)}")
+    overrides = dict(process_pt_hat_min or {})
+    stray = set(overrides) - set(processes)
+    if stray:
+        raise ValueError(f"pTHat cut for process(es) {sorted(stray)} not in the sample "
+                         f"({', '.join(processes)})")
+    minima = {name: float(overrides.get(name, pt_hat_min)) for name in processes}
+    bad = {name: value for name, value in minima.items() if not value > 0}
+    if bad:
+        raise ValueError(f"pTHat cuts must be positive GeV, not {bad}")
+    return minima
+
+
+def plan_sm(n_events: int, seed: int, *, processes: dict[str, float] | None = None,
+            chunk_events: int = 1000, mpi: bool = True, ecm: float = cards.DEFAULT_ECM,
+            pt_hat_min: float = cards.SM_PT_HAT_MIN, bias_power: float = cards.SM_BIAS_POWER,
+            process_pt_hat_min: Mapping[str, float] | None = None,
+            extra_settings: tuple[str, ...] = (), batch_size: int = 100,
+            selection: JetSelection = JetSelection()) -> list[ChunkSpec]:
+    """Chunks of the SM sample: ``processes`` maps process names to shares of the events
+    (default: the cards' shares, which oversample the rare processes); each process is generated
+    from ``pt_hat_min`` GeV, or from its own entry of ``process_pt_hat_min``."""
+    if processes is None:
+        processes = {name: card.share for name, card in cards.SM_PROCESSES.items()}
+    minima = sm_pt_hat_minima(processes, pt_hat_min, process_pt_hat_min)
     specs = []
     first_event = 0
     for name, n_process in _shares(n_events, processes).items():
@@ -164,7 +184,7 @@ def plan_sm(n_events: int, seed: int, *, processes: dict[str, float] | None = No
             index = len(specs)
             pythia_seed, numpy_seed, _ = _chunk_seeds(seed, "sm", index)
             settings = (*cards.run_settings(seed=pythia_seed, ecm=ecm, mpi=mpi),
-                        *cards.sm_settings(cards.SM_PROCESSES[name], pt_hat_min=pt_hat_min,
+                        *cards.sm_settings(cards.SM_PROCESSES[name], pt_hat_min=minima[name],
                                            bias_power=bias_power),
                         *extra_settings)
             specs.append(ChunkSpec(index, "sm", name, size, pythia_seed, numpy_seed, settings,
@@ -450,6 +470,7 @@ def generate_sm(output_dir: str | os.PathLike, n_events: int, *, seed: int = 0,
                 workers: int | None = None, processes: dict[str, float] | None = None,
                 luminosity_fb: float = 138.0, mpi: bool = True,
                 pt_hat_min: float = cards.SM_PT_HAT_MIN, bias_power: float = cards.SM_BIAS_POWER,
+                process_pt_hat_min: Mapping[str, float] | None = None,
                 chunk_events: int = 1000, ecm: float = cards.DEFAULT_ECM,
                 extra_settings: tuple[str, ...] = (), progress: bool = True
                 ) -> GenerationReport:
@@ -459,7 +480,9 @@ def generate_sm(output_dir: str | os.PathLike, n_events: int, *, seed: int = 0,
     over the process's chunks), L = ``luminosity_fb`` in fb^-1, w the Pythia event weight
     ((pTHatMin / pTHat)^bias_power; 1 with ``bias_power = 0``, and then weight = sigma L / N) and
     the sum over *all* generated events, triggered or not: a weight is the number of such events
-    expected in L.
+    expected in L. ``process_pt_hat_min`` gives some processes their own pTHat cut (and bias
+    reference), e.g. QCD from 250 GeV, where its events below hardly reach the trigger; each
+    process's cut is recorded in the metadata's ``processes``.
 
     Resumable: finished chunks are kept in ``output_dir/.chunks`` until ``SM.parquet`` is
     written; the same command run again after an interruption generates only the missing ones
@@ -472,6 +495,7 @@ def generate_sm(output_dir: str | os.PathLike, n_events: int, *, seed: int = 0,
     start = time.perf_counter()
     specs = plan_sm(n_events, seed, processes=processes, chunk_events=chunk_events, mpi=mpi,
                     ecm=ecm, pt_hat_min=pt_hat_min, bias_power=bias_power,
+                    process_pt_hat_min=process_pt_hat_min,
                     extra_settings=tuple(extra_settings))
     output_dir = Path(output_dir)
     store = _ChunkStore(output_dir / CHUNK_FOLDER, specs)
@@ -483,6 +507,9 @@ def generate_sm(output_dir: str | os.PathLike, n_events: int, *, seed: int = 0,
                on_result=store.save)
     results = [store.result(spec) for spec in specs]
     per_process = _process_normalisation(results, luminosity_fb)
+    minima = sm_pt_hat_minima(per_process, pt_hat_min, process_pt_hat_min)
+    for name, entry in per_process.items():
+        entry["pt_hat_min_gev"] = minima[name]
     metadata = {
         "sample": "sm", "seed": seed, "n_events": n_events, "mpi": mpi, "ecm_gev": ecm,
         "luminosity_fb": luminosity_fb, "pt_hat_min_gev": pt_hat_min,

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from sophon.atomic import publish, temporary_beside
 from sophon.generate.writer import read_generation_metadata, with_metadata
 
-__all__ = ["ExtensionReport", "overlap_scale", "extend_sm", "register_cli"]
+__all__ = ["ExtensionReport", "process_pt_hat_min", "overlap_scale", "extend_sm", "register_cli"]
 
 #: what base and extension must share for their weights to describe the same collisions
 _SAME = ("luminosity_fb", "bias_power", "ecm_gev", "mpi", "selection", "trigger")
@@ -55,12 +55,19 @@ class ExtensionReport:
     ratios: dict[str, float]
 
 
+def process_pt_hat_min(metadata: dict, process: str) -> float:
+    """The pTHat cut (GeV) ``process`` was generated from: its own entry in the generation
+    metadata, else the sample's (files written before per-process cuts have only that)."""
+    return float(metadata["processes"][process].get("pt_hat_min_gev", metadata["pt_hat_min_gev"]))
+
+
 def overlap_scale(base: dict, extension: dict, process: str) -> float:
     """R = w_ext(p) / w_base(p) for ``process`` from the two files' generation metadata."""
     power = float(base["bias_power"])
     c_base = base["processes"][process]["weight_per_unit_event_weight"]
     c_ext = extension["processes"][process]["weight_per_unit_event_weight"]
-    return (c_ext / c_base) * (extension["pt_hat_min_gev"] / base["pt_hat_min_gev"]) ** power
+    return (c_ext / c_base) * (process_pt_hat_min(extension, process)
+                               / process_pt_hat_min(base, process)) ** power
 
 
 def _check_compatible(base_path: Path, base: dict, extension_path: Path, extension: dict) -> None:
@@ -71,12 +78,14 @@ def _check_compatible(base_path: Path, base: dict, extension_path: Path, extensi
     if not float(base["bias_power"]) > 0:
         raise ValueError(f"{base_path}: unbiased (bias power 0): an event's pTHat cannot be read "
                          f"from its weight")
-    if not extension["pt_hat_min_gev"] > base["pt_hat_min_gev"]:
-        raise ValueError(f"{extension_path}: pTHatMin {extension['pt_hat_min_gev']} GeV must be "
-                         f"above the base's {base['pt_hat_min_gev']} GeV")
     unknown = set(extension["processes"]) - set(base["processes"])
     if unknown:
         raise ValueError(f"{extension_path}: processes {sorted(unknown)} are not in {base_path}")
+    for process in extension["processes"]:
+        low, high = process_pt_hat_min(base, process), process_pt_hat_min(extension, process)
+        if not high > low:
+            raise ValueError(f"{extension_path}: {process} pTHatMin {high:g} GeV must be above "
+                             f"the base's {low:g} GeV")
 
 
 def _scaled(batch: pa.RecordBatch, factors: dict[str, np.ndarray]) -> pa.RecordBatch:
@@ -108,12 +117,12 @@ def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
     base_path, extension_path, output = Path(base_path), Path(extension_path), Path(output)
     base, extension = read_generation_metadata(base_path), read_generation_metadata(extension_path)
     _check_compatible(base_path, base, extension_path, extension)
-    power, low, high = (float(base["bias_power"]), base["pt_hat_min_gev"],
-                        extension["pt_hat_min_gev"])
+    power = float(base["bias_power"])
     ratios = {name: overlap_scale(base, extension, name) for name in extension["processes"]}
 
     def base_factor(name: str):
         c_base, ratio = base["processes"][name]["weight_per_unit_event_weight"], ratios[name]
+        low, high = process_pt_hat_min(base, name), process_pt_hat_min(extension, name)
 
         def factor(weight: np.ndarray) -> np.ndarray:
             pt_hat = low * (c_base / weight) ** (1.0 / power)
@@ -131,7 +140,8 @@ def extend_sm(base_path: str | os.PathLike, extension_path: str | os.PathLike,
     event_offset = int(pq.read_table(base_path, columns=["event_id"])["event_id"]
                        .to_numpy().max(initial=-1)) + 1
     metadata = {**base, "extension": {
-        "file": extension_path.name, "pt_hat_min_gev": high, "seed": extension["seed"],
+        "file": extension_path.name, "seed": extension["seed"],
+        "pt_hat_min_gev": {name: process_pt_hat_min(extension, name) for name in ratios},
         "n_events": extension["n_events"], "processes": extension["processes"],
         "event_id_offset": event_offset, "overlap_ratio": ratios,
         "chunks": extension["chunks"], "weight": "above the extension's pTHatMin, every event "
