@@ -19,7 +19,7 @@ from sophon.cli import main as sophon_main  # noqa: E402
 from sophon.delphes import (DELPHES_SCHEMA, ConversionReport, DelphesError,  # noqa: E402
                             DelphesFile, convert_delphes, jet_radius)
 
-MODEL = str(Path(__file__).resolve().parents[1] / "data" / "models" / "sophon-small.pt")
+MODEL = str(Path(__file__).resolve().parents[1] / "data" / "models" / "sophon-small-v2.pt")
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,7 @@ def test_the_wheel_carries_the_library_the_app_and_the_verified_default(wheel, d
         assert manifest == (source_tree / "data_manifest.yaml").read_bytes()
         entries = load_manifest(source_tree / "data_manifest.yaml")
         assert {e.path for e in entries} >= {"data/default/sm.parquet",
-                                             "data/models/sophon-small.pt"}
+                                             "data/models/sophon-small-v2.pt"}
         for entry in entries:  # every listed dataset and model, byte for byte what it lists
             content = archive.read(shipped + entry.path)
             assert (len(content), hashlib.sha256(content).hexdigest()) == (entry.size,
@@ -227,7 +227,7 @@ def test_the_wheel_carries_the_library_the_app_and_the_verified_default(wheel, d
     sdist = distributions[0]
     with tarfile.open(sdist) as archive:
         members = {Path(*Path(m).parts[1:]).as_posix() for m in archive.getnames()}
-    assert {"data_manifest.yaml", "data/default/sm.parquet", "data/models/sophon-small.pt",
+    assert {"data_manifest.yaml", "data/default/sm.parquet", "data/models/sophon-small-v2.pt",
             "setup.py", "app/main.py", "app/serve.py", "sophon/cli.py"} <= members
 
 
@@ -413,17 +413,17 @@ def test_the_installed_command_scores_the_reference_jets(installed, work, refere
     from sophon.scoring import score_table
     from sophon.store import JetDataset
 
-    model = installed.shipped("data", "models", "sophon-small.pt")
+    model = installed.shipped("data", "models", "sophon-small-v2.pt")
     output = work / "scored"
     _run([installed.sophon, "score", str(reference_parquet), "--model",
           str(model), "-o", str(output), "--device", "cpu", "--precision", "fp32"],
          cwd=work, env=_clean_environment())
     dataset = JetDataset(output)  # validates: 188 scores per jet summing to 1, masses, ...
     assert dataset.n_jets == reference_table.num_rows
-    assert dataset.metadata.model_id.startswith("sophon-small.pt@sha256:")
+    assert dataset.metadata.model_id.startswith("sophon-small-v2.pt@sha256:")
     assert dataset.metadata.sophon_version == __version__
     _, probabilities, latents = score_table(
-        reference_table, load_scorer(ROOT / "data" / "models" / "sophon-small.pt", device="cpu",
+        reference_table, load_scorer(ROOT / "data" / "models" / "sophon-small-v2.pt", device="cpu",
                                      precision="fp32"))
     assert abs(dataset.scores - probabilities).max() < 1e-5
     assert abs(dataset.latents - latents).max() < 1e-4
