@@ -161,8 +161,9 @@ def with_new_head(model: SophonModel, widths: Sequence[int], *, seed: int = 0) -
 def train_head(model: SophonModel, sample: LatentSample, output: str | os.PathLike,
                options: HeadTrainingOptions = HeadTrainingOptions(), *, log=print) -> dict:
     """Retrain ``model``'s head (``model.mod.fc``, in place) on ``sample``; the best head by the
-    validation loss, with the backbone unchanged, is saved at ``output`` (published
-    checkpoint layout) and the history beside it (``.json``). Returns that summary."""
+    validation objective (the loss, with ``tail_weight`` plus the presets' terms), with the
+    backbone unchanged, is saved at ``output`` (published checkpoint layout) and the history
+    beside it (``.json``). Returns that summary."""
     output = Path(output)
     torch.manual_seed(options.seed)
     validation, training = validation_split(len(sample), options.validation_fraction, options.seed)
