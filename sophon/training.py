@@ -57,13 +57,13 @@ import torch.nn.functional as F
 
 from sophon.atomic import atomic_output
 from sophon.cli import report_json
+from sophon.discriminant import PRESETS
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
 from sophon.labels import (FAMILIES, FAMILY_OF_CLASS, N_CLASSES, REWEIGHT_GROUP_OF_CLASS,
                            REWEIGHT_GROUPS)
 from sophon.model import (SophonConfig, SophonModel, count_parameters, freeze_batch_norms,
                           load_checkpoint, load_checkpoint_file, save_checkpoint, sophon_config)
 from sophon.scoring import resolve_device, resolve_precision
-from sophon.discriminant import PRESETS
 from sophon.tagging import (TAGGING_PRESETS, class_accuracies, selection_score,
                             tagging_figures)
 
