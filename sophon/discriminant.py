@@ -185,6 +185,11 @@ class Discriminant:
         return self._weights.copy()
 
     @property
+    def denominator_mask(self) -> np.ndarray:
+        """(188,) bool: the classes summed into g_B (the denominator set minus the numerator)."""
+        return self._denominator_mask.copy()
+
+    @property
     def denominator_classes(self) -> list[str]:
         """The classes summed into g_B: the denominator set minus the numerator classes."""
         return [LABELS[i] for i in np.flatnonzero(self._denominator_mask)]

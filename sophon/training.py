@@ -59,8 +59,7 @@ from sophon.atomic import atomic_output
 from sophon.cli import report_json
 from sophon.discriminant import PRESETS
 from sophon.features import REQUIRED_COLUMNS, RaggedInputs, ragged_inputs
-from sophon.labels import (FAMILIES, FAMILY_OF_CLASS, N_CLASSES, REWEIGHT_GROUP_OF_CLASS,
-                           REWEIGHT_GROUPS)
+from sophon.labels import N_CLASSES, REWEIGHT_GROUP_OF_CLASS, REWEIGHT_GROUPS
 from sophon.model import (SophonConfig, SophonModel, count_parameters, freeze_batch_norms,
                           load_checkpoint, load_checkpoint_file, save_checkpoint, sophon_config)
 from sophon.scoring import resolve_device, resolve_precision
@@ -392,42 +391,35 @@ def validation_record(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def preset_tail_terms(logits: torch.Tensor, labels: torch.Tensor, *, focus: float = 0.0,
-                     presets: Sequence[str] = TAGGING_PRESETS) -> torch.Tensor:
+                      presets: Sequence[str] = TAGGING_PRESETS) -> torch.Tensor:
     """The tracked presets' own question, as a loss beside the 188-class cross-entropy.
 
-    For each preset, D = g_A / (g_A + g_QCD) has log-odds z = log g_A - log g_QCD (computed
-    from the logits, so it never saturates); the jets of its numerator classes are its signal
-    (target 1), the QCD jets its background (target 0), other jets do not enter. Each QCD jet's
-    term is weighted by D^focus (a focal loss on the background alone, detached from the
-    gradient): with ``focus`` > 0 the QCD jets that already look like signal, those that pass
-    the tight cuts, dominate, which is the tail the summed spectra at eps ~ 1e-4 rest on.
-    Returns each jet's sum over presets of its binary cross-entropy terms, (B,), for ``logits``
-    (B, 188) and ``labels`` (B,); the mean over a batch is the loss."""
-    masks = _preset_class_masks(tuple(presets), logits.device)
-    qcd = logits.masked_fill(~masks["QCD"], -math.inf).logsumexp(dim=1)
+    For each preset, D = g_A / (g_A + g_B) has log-odds z = log g_A - log g_B (computed from the
+    logits with the preset's own class weights and denominator, so it never saturates); the jets
+    of its numerator classes are its signal (target 1), the jets of its denominator classes (the
+    27 QCD classes for every tracked preset) its background (target 0), other jets do not enter.
+    Each background jet's term is weighted by D^focus (a focal loss on the background alone,
+    detached from the gradient): with ``focus`` > 0 the QCD jets that already look like signal,
+    those that pass the tight cuts, dominate, which is the tail the summed spectra at
+    eps ~ 1e-4 rest on. Returns each jet's sum over presets of its binary cross-entropy terms,
+    (B,), for ``logits`` (B, 188) and ``labels`` (B,); the mean over a batch is the loss."""
     total = logits.new_zeros(len(labels))
+    log_denominators: dict[bytes, torch.Tensor] = {}  # presets sharing g_B (all: QCD) share it
     for name in presets:
-        numerator = masks[name]
-        z = logits.masked_fill(~numerator, -math.inf).logsumexp(dim=1) - qcd
-        signal, background = numerator[labels], masks["QCD"][labels]
+        preset = PRESETS[name]
+        weights = torch.from_numpy(preset.numerator_weights).to(logits)
+        mask = preset.denominator_mask
+        denominator, key = torch.from_numpy(mask).to(logits.device), mask.tobytes()
+        if key not in log_denominators:
+            log_denominators[key] = logits.masked_fill(~denominator, -math.inf).logsumexp(dim=1)
+        # log(sum_i w_i g_i) - log(sum_j g_j); log 0 = -inf drops the classes outside each sum
+        z = (logits + weights.log()).logsumexp(dim=1) - log_denominators[key]
+        signal, background = (weights > 0)[labels], denominator[labels]
         weight = torch.sigmoid(z.detach()).pow(focus) if focus else torch.ones_like(z)
         terms = torch.where(signal, F.softplus(-z), torch.where(background, weight * F.softplus(z),
                                                                  torch.zeros_like(z)))
         total = total + terms
     return total
-
-
-def _preset_class_masks(presets: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
-    """(188,) bool masks: each preset's numerator classes (unit weights: the tracked presets
-    have no other) and, under "QCD", the 27 QCD classes."""
-    masks = {"QCD": torch.from_numpy(FAMILY_OF_CLASS == FAMILIES.index("QCD"))}
-    for name in presets:
-        weights = PRESETS[name].numerator_weights
-        if not np.all(np.isin(weights, (0.0, 1.0))):
-            raise ValueError(f"preset {name!r} weighs its classes; the tail loss takes unit "
-                             f"weights")
-        masks[name] = torch.from_numpy(weights > 0)
-    return {name: mask.to(device) for name, mask in masks.items()}
 
 
 # --- the training loop ------------------------------------------------------------------------------

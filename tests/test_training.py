@@ -153,6 +153,11 @@ def test_the_tail_loss_is_each_presets_binary_cross_entropy():
         assert terms[0] == pytest.approx(-np.log(d["A1"]))  # signal of A1 only
         assert terms[1] == pytest.approx(sum(-np.log(1 - v) * v ** focus for v in d.values()))
         assert terms[2] == 0.0  # X->gg is neither a preset's signal nor QCD
+    # a preset that weighs its classes: D as the discriminant itself computes it from scores
+    triboson = "W'->WWW triboson"
+    d_weighted = PRESETS[triboson].evaluate(np.tile(p, (3, 1)).astype(np.float32))[1]
+    assert preset_tail_terms(logits, labels, presets=(triboson,))[1].item() == pytest.approx(
+        -np.log(1 - d_weighted), rel=1e-5)
     preset_tail_terms(logits, labels).sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad[0].abs().sum() > 0
     assert logits.grad[2].abs().sum() == 0
