@@ -67,43 +67,38 @@ __all__ = [
 ]
 
 
-def _shares(text: str | None, known: dict, what: str) -> dict[str, float] | None:
-    """``"a,b"`` (equal shares) or ``"a=2,b=1"`` into a share mapping."""
+def _named_numbers(text: str | None, known, what: str, quantity: str, *, unit: str = "",
+                   default: float | None = None) -> dict[str, float] | None:
+    """``"a=2,b=1"`` into {name: positive number}, each name one of ``known`` (a ``what``).
+    A name without ``=value`` takes ``default`` (refused when there is none); ``quantity`` and
+    ``unit`` name the number in the messages, e.g. "pTHat cut" and " of GeV"."""
     if not text:
         return None
-    shares: dict[str, float] = {}
+    numbers: dict[str, float] = {}
     for item in text.split(","):
-        name, _, share = item.strip().partition("=")
-        name = name.strip()
+        name, equals, value = (part.strip() for part in item.partition("="))
         if name not in known:
             raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(known)}")
         try:
-            shares[name] = float(share) if share else 1.0
+            number = float(value) if equals else default
         except ValueError:
-            raise ValueError(f"share of {name!r} must be a number, not {share!r}") from None
-        if shares[name] <= 0:
-            raise ValueError(f"share of {name!r} must be positive")
-    return shares
+            raise ValueError(f"{quantity} of {name!r} must be a number{unit}, "
+                             f"not {value!r}") from None
+        if number is None or not number > 0:
+            raise ValueError(f"{quantity} of {name!r} must be a positive number{unit}, "
+                             f"not {value!r}")
+        numbers[name] = number
+    return numbers
+
+
+def _shares(text: str | None, known: dict, what: str) -> dict[str, float] | None:
+    """``"a,b"`` (equal shares) or ``"a=2,b=1"`` into a share mapping."""
+    return _named_numbers(text, known, what, "share", default=1.0)
 
 
 def _cuts(text: str | None) -> dict[str, float] | None:
     """``"QCD=250,ttbar=180"`` into per-process pTHat cuts in GeV (each needs its value)."""
-    if not text:
-        return None
-    cuts = {}
-    for item in text.split(","):
-        name, equals, value = (part.strip() for part in item.partition("="))
-        if name not in SM_PROCESSES:
-            raise ValueError(f"unknown process {name!r}; choose from {', '.join(SM_PROCESSES)}")
-        try:
-            cuts[name] = float(value) if equals else float("nan")
-        except ValueError:
-            raise ValueError(f"pTHat cut of {name!r} must be a number of GeV, "
-                             f"not {value!r}") from None
-        if not cuts[name] > 0:
-            raise ValueError(f"pTHat cut of {name!r} must be a positive number of GeV "
-                             f"(as {name}=250), not {value!r}")
-    return cuts
+    return _named_numbers(text, SM_PROCESSES, "process", "pTHat cut", unit=" of GeV")
 
 
 def _run(args: argparse.Namespace) -> int:
